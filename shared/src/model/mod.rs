@@ -1,0 +1,40 @@
+//! The operator-facing tables and the SQL that owns them: organizations, source
+//! configs, job configs and the Job catalogue. Each module holds the row type, its
+//! validation, and its queries (bind parameters only).
+
+pub mod job;
+pub mod job_config;
+pub mod organization;
+pub mod source_config;
+
+/// Why a model operation was refused. Messages name the field and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+    #[error("no {what} found for {key}")]
+    NotFound { what: &'static str, key: String },
+    #[error("{what} {key} already exists")]
+    Duplicate { what: &'static str, key: String },
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+    #[error(transparent)]
+    Secrets(#[from] crate::secrets::SecretsError),
+}
+
+impl ModelError {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ModelError::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// True when a database error is a duplicate-key violation (MySQL error 1062).
+pub fn is_duplicate_key(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => db.code().as_deref() == Some("23000") && db.message().contains("Duplicate"),
+        _ => false,
+    }
+}
