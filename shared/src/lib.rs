@@ -10,5 +10,7 @@ pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod secrets;
+pub mod services;
+pub mod startup;
 
 pub use config::Settings;
