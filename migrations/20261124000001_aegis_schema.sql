@@ -224,6 +224,23 @@ CREATE TABLE JobSchedule (
     CONSTRAINT fk_jobschedule_config FOREIGN KEY (ConfigID) REFERENCES JobConfig (ID)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
 
+-- An operator who changes when a schedule fires gets the new time on the next
+-- evaluation: the coordinator recomputes a NULL NextRunAt.
+CREATE TRIGGER trg_jobschedule_reschedule BEFORE UPDATE ON JobSchedule FOR EACH ROW
+    SET NEW.NextRunAt = IF(NEW.DaysOfWeek <=> OLD.DaysOfWeek AND NEW.TimeOfDay <=> OLD.TimeOfDay
+                           AND NEW.ConfigID <=> OLD.ConfigID, NEW.NextRunAt, NULL);
+
+-- One row per execution of a DiagnosticJob whose payload asks for it ("record": true):
+-- the fleet's smoke test and the exactly-once tests count these.
+CREATE TABLE DiagnosticRun (
+    Id           BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    JobHistoryID VARCHAR(36) NOT NULL,
+    WorkerID     VARCHAR(100) NOT NULL,
+    Attempt      INT NOT NULL,
+    RanAt        DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3),
+    KEY ix_diagnosticrun_job (JobHistoryID)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
+
 CREATE TABLE Logs (
     Id           BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
     TypeId       INT NOT NULL,

@@ -62,6 +62,11 @@ pub struct CoordinatorSettings {
     pub max_attempts: u32,
     /// `AEGIS_DISPATCH_BATCH`: rows claimed per poll.
     pub dispatch_batch: u32,
+    /// `AEGIS_DISPATCH_WINDOW`: at most this many rows are dispatched but not yet
+    /// claimed; the rest wait in the database, where Priority orders them.
+    pub dispatch_window: u32,
+    /// `AEGIS_IDLE_LOG_INTERVAL`: how often the `Job Runner: Sleeping for …` line is logged at INFO.
+    pub idle_log_interval: Duration,
 }
 
 /// Settings only the worker reads.
@@ -369,9 +374,11 @@ impl Settings {
                 schedule_interval: src
                     .duration("AEGIS_SCHEDULE_INTERVAL", Duration::from_secs(30))?,
                 dispatch_timeout: src
-                    .duration("AEGIS_DISPATCH_TIMEOUT", Duration::from_secs(60))?,
+                    .duration("AEGIS_DISPATCH_TIMEOUT", Duration::from_secs(300))?,
                 max_attempts,
                 dispatch_batch: src.parse("AEGIS_DISPATCH_BATCH", 500, "a number of rows")?,
+                dispatch_window: src.parse("AEGIS_DISPATCH_WINDOW", 2000, "a number of rows")?,
+                idle_log_interval: src.duration("AEGIS_IDLE_LOG_INTERVAL", Duration::from_secs(60))?,
             },
             worker: WorkerSettings {
                 concurrency,

@@ -4,6 +4,7 @@
 //! This crate depends on no Aegis binary; the coordinator, the worker and the
 //! `aegis` CLI depend on it.
 
+pub mod broker;
 pub mod config;
 pub mod db;
 pub mod logging;

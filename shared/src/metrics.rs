@@ -33,11 +33,11 @@ pub static LOG_LINES_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
 });
 
 /// Counter family helper for the modules that own a labelled counter.
+/// Metric definitions are constants, so an invalid one is a programming error.
 pub fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     match IntCounterVec::new(Opts::new(name, help), labels) {
         Ok(c) => register(c),
-        Err(_) => IntCounterVec::new(Opts::new("aegis_invalid_metric", "invalid metric definition"), labels)
-            .unwrap_or_else(|_| panic!("metric {name} has invalid labels")),
+        Err(_) => panic!("metric {name} has an invalid definition"),
     }
 }
 
@@ -92,4 +92,21 @@ pub async fn serve(addr: SocketAddr, readiness: Readiness) -> std::io::Result<So
         }
     });
     Ok(bound)
+}
+
+/// Histogram family helper (buckets in seconds).
+pub fn histogram_vec(name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> prometheus::HistogramVec {
+    let opts = prometheus::HistogramOpts::new(name, help).buckets(buckets);
+    match prometheus::HistogramVec::new(opts, labels) {
+        Ok(h) => register(h),
+        Err(_) => panic!("metric {name} has an invalid definition"),
+    }
+}
+
+/// Gauge family helper.
+pub fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> prometheus::IntGaugeVec {
+    match prometheus::IntGaugeVec::new(Opts::new(name, help), labels) {
+        Ok(g) => register(g),
+        Err(_) => panic!("metric {name} has an invalid definition"),
+    }
 }

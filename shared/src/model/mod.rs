@@ -4,6 +4,7 @@
 
 pub mod job;
 pub mod job_config;
+pub mod job_history;
 pub mod organization;
 pub mod source_config;
 
