@@ -6,6 +6,8 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+pub mod fleet;
+
 use aegis_shared::db;
 use sqlx::MySqlPool;
 
