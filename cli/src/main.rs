@@ -11,6 +11,7 @@ mod org;
 mod output;
 mod secrets_cmd;
 mod source;
+mod job;
 mod jobconfig;
 
 use std::process::ExitCode;
@@ -41,6 +42,9 @@ enum Command {
     /// Job configs: create the installer's default set, list.
     #[command(subcommand, name = "jobconfig")]
     JobConfig(jobconfig::JobConfigCommand),
+    /// Jobs: submit, cancel, list, show, wait.
+    #[command(subcommand)]
+    Job(job::JobCommand),
     /// Encryption keys and sealed credentials: generate-key, rotate, status.
     #[command(subcommand)]
     Secrets(secrets_cmd::SecretsCommand),
@@ -82,6 +86,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Org(c) => org::run(c, &connect(&settings).await?).await,
         Command::Source(c) => source::run(c, &connect(&settings).await?, &settings).await,
         Command::JobConfig(c) => jobconfig::run(c, &connect(&settings).await?).await,
+        Command::Job(c) => job::run(c, &connect(&settings).await?, &settings).await,
         Command::Secrets(c) => secrets_cmd::run(c, &connect(&settings).await?, &settings).await,
     }
 }
