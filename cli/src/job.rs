@@ -91,14 +91,18 @@ fn parse_status(text: &str) -> anyhow::Result<i32> {
 }
 
 fn time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
-    t.map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string()).unwrap_or_default()
+    t.map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string())
+        .unwrap_or_default()
 }
 
 pub async fn run(cmd: JobCommand, pool: &MySqlPool, settings: &Settings) -> anyhow::Result<()> {
     match cmd {
         JobCommand::Submit(a) => {
             let payload = match &a.payload {
-                Some(p) => Some(serde_json::Value::Object(crate::json_object_arg("--payload", p)?)),
+                Some(p) => Some(serde_json::Value::Object(crate::json_object_arg(
+                    "--payload",
+                    p,
+                )?)),
                 None => None,
             };
             if a.queue {
@@ -115,7 +119,10 @@ pub async fn run(cmd: JobCommand, pool: &MySqlPool, settings: &Settings) -> anyh
                 )
                 .await?;
                 match (reply.status.as_str(), reply.id) {
-                    ("rejected", _) => anyhow::bail!("the coordinator rejected the submission: {}", reply.error.unwrap_or_default()),
+                    ("rejected", _) => anyhow::bail!(
+                        "the coordinator rejected the submission: {}",
+                        reply.error.unwrap_or_default()
+                    ),
                     (status, Some(id)) => println!("{id} ({status})"),
                     (status, None) => anyhow::bail!("unexpected reply {status:?} without an ID"),
                 }
@@ -123,7 +130,11 @@ pub async fn run(cmd: JobCommand, pool: &MySqlPool, settings: &Settings) -> anyh
             }
             let job_name = match (&a.job, &a.config) {
                 (Some(j), _) => j.clone(),
-                (None, Some(c)) => aegis_shared::model::job_config::by_id(pool, c).await?.job_name,
+                (None, Some(c)) => {
+                    aegis_shared::model::job_config::by_id(pool, c)
+                        .await?
+                        .job_name
+                }
                 (None, None) => anyhow::bail!("give --job NAME or --config ID"),
             };
             let mut tx = pool.begin().await?;
@@ -142,18 +153,33 @@ pub async fn run(cmd: JobCommand, pool: &MySqlPool, settings: &Settings) -> anyh
             )
             .await?;
             tx.commit().await?;
-            println!("{} ({})", inserted.id, if inserted.created { "created" } else { "duplicate" });
+            println!(
+                "{} ({})",
+                inserted.id,
+                if inserted.created {
+                    "created"
+                } else {
+                    "duplicate"
+                }
+            );
             Ok(())
         }
         JobCommand::Cancel { id } => {
             match job_history::request_cancel(pool, &id).await? {
                 None => println!("job {id} has already finished; nothing to cancel"),
-                Some(2) | Some(-1) => println!("cancel requested for running job {id}; its worker stops it within seconds"),
+                Some(2) | Some(-1) => println!(
+                    "cancel requested for running job {id}; its worker stops it within seconds"
+                ),
                 Some(_) => println!("cancel requested for pending job {id}; it will not run"),
             }
             Ok(())
         }
-        JobCommand::List { status, job, limit, json } => {
+        JobCommand::List {
+            status,
+            job,
+            limit,
+            json,
+        } => {
             let status = status.as_deref().map(parse_status).transpose()?;
             let rows = job_history::recent(pool, status, job.as_deref(), limit).await?;
             if json {
@@ -169,11 +195,27 @@ pub async fn run(cmd: JobCommand, pool: &MySqlPool, settings: &Settings) -> anyh
                         r.priority.to_string(),
                         r.attempt.to_string(),
                         time(Some(r.created_date)),
-                        r.last_error.clone().unwrap_or_default().chars().take(60).collect(),
+                        r.last_error
+                            .clone()
+                            .unwrap_or_default()
+                            .chars()
+                            .take(60)
+                            .collect(),
                     ]
                 })
                 .collect();
-            output::table(&["ID", "JOB", "STATUS", "PRIO", "ATTEMPT", "CREATED", "LAST ERROR"], &table);
+            output::table(
+                &[
+                    "ID",
+                    "JOB",
+                    "STATUS",
+                    "PRIO",
+                    "ATTEMPT",
+                    "CREATED",
+                    "LAST ERROR",
+                ],
+                &table,
+            );
             Ok(())
         }
         JobCommand::Show { id, json } => {
@@ -184,13 +226,32 @@ pub async fn run(cmd: JobCommand, pool: &MySqlPool, settings: &Settings) -> anyh
             output::record(&[
                 ("ID", r.id.clone()),
                 ("Job", r.job_name.clone()),
-                ("Status", format!("{} ({})", status_name(r.status_id), r.status_id)),
+                (
+                    "Status",
+                    format!("{} ({})", status_name(r.status_id), r.status_id),
+                ),
                 ("Config", r.config_id.clone().unwrap_or_default()),
                 ("Priority", r.priority.to_string()),
                 ("Payload", r.payload.clone().unwrap_or_default()),
-                ("Attempt", format!("{}{}", r.attempt, r.max_attempts.map(|m| format!(" of {m}")).unwrap_or_default())),
+                (
+                    "Attempt",
+                    format!(
+                        "{}{}",
+                        r.attempt,
+                        r.max_attempts
+                            .map(|m| format!(" of {m}"))
+                            .unwrap_or_default()
+                    ),
+                ),
                 ("Worker", r.worker_id.clone().unwrap_or_default()),
-                ("Created", format!("{} by {}", time(Some(r.created_date)), r.created_by.clone().unwrap_or_default())),
+                (
+                    "Created",
+                    format!(
+                        "{} by {}",
+                        time(Some(r.created_date)),
+                        r.created_by.clone().unwrap_or_default()
+                    ),
+                ),
                 ("Not before", time(r.not_before)),
                 ("Dispatched", time(r.dispatched_at)),
                 ("Started", time(r.started_at)),
@@ -209,8 +270,14 @@ pub async fn run(cmd: JobCommand, pool: &MySqlPool, settings: &Settings) -> anyh
                         println!("{id} COMPLETED");
                         return Ok(());
                     }
-                    4 | 5 => anyhow::bail!("{id} {}: {}", status_name(r.status_id), r.last_error.unwrap_or_default()),
-                    _ if Instant::now() > deadline => anyhow::bail!("{id} still {} after {timeout} s", status_name(r.status_id)),
+                    4 | 5 => anyhow::bail!(
+                        "{id} {}: {}",
+                        status_name(r.status_id),
+                        r.last_error.unwrap_or_default()
+                    ),
+                    _ if Instant::now() > deadline => {
+                        anyhow::bail!("{id} still {} after {timeout} s", status_name(r.status_id))
+                    }
                     _ => tokio::time::sleep(Duration::from_millis(200)).await,
                 }
             }
@@ -219,15 +286,34 @@ pub async fn run(cmd: JobCommand, pool: &MySqlPool, settings: &Settings) -> anyh
 }
 
 /// Publishes a submission with a private reply queue and waits for the answer.
-async fn submit_by_queue(settings: &Settings, submission: &Submission) -> anyhow::Result<SubmissionReply> {
+async fn submit_by_queue(
+    settings: &Settings,
+    submission: &Submission,
+) -> anyhow::Result<SubmissionReply> {
     let topology = Topology::new(settings);
     let conn = services::connect_amqp(&settings.amqp_url, "aegis-cli").await?;
     let channel = conn.create_channel().await?;
     let reply_queue = channel
-        .queue_declare("", QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, FieldTable::default())
+        .queue_declare(
+            "",
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await?;
     let mut replies = channel
-        .basic_consume(reply_queue.name().as_str(), "aegis-cli", BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
+        .basic_consume(
+            reply_queue.name().as_str(),
+            "aegis-cli",
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await?;
     let correlation = uuid::Uuid::new_v4().to_string();
     let props = BasicProperties::default()
@@ -236,12 +322,20 @@ async fn submit_by_queue(settings: &Settings, submission: &Submission) -> anyhow
         .with_reply_to(reply_queue.name().clone())
         .with_correlation_id(correlation.clone().into());
     channel
-        .basic_publish(&topology.submit_exchange, "submit", BasicPublishOptions::default(), &serde_json::to_vec(submission)?, props)
+        .basic_publish(
+            &topology.submit_exchange,
+            "submit",
+            BasicPublishOptions::default(),
+            &serde_json::to_vec(submission)?,
+            props,
+        )
         .await?;
     let reply = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(d) = replies.next().await {
             let d = d?;
-            if d.properties.correlation_id().as_ref().map(|c| c.as_str()) == Some(correlation.as_str()) {
+            if d.properties.correlation_id().as_ref().map(|c| c.as_str())
+                == Some(correlation.as_str())
+            {
                 return Ok::<_, anyhow::Error>(serde_json::from_slice::<SubmissionReply>(&d.data)?);
             }
         }

@@ -59,15 +59,32 @@ pub async fn run(cmd: JobConfigCommand, pool: &MySqlPool) -> anyhow::Result<()> 
             let org = organization::by_code(pool, &a.org).await?;
             let scanner = source_config::by_id(pool, &a.scanner).await?;
             if !scanner.vendor()?.is_scanner() {
-                return Err(ModelError::invalid("--scanner", format!("{} is a {} source config, not a scanner", scanner.id, scanner.source.unwrap_or_default())).into());
+                return Err(ModelError::invalid(
+                    "--scanner",
+                    format!(
+                        "{} is a {} source config, not a scanner",
+                        scanner.id,
+                        scanner.source.unwrap_or_default()
+                    ),
+                )
+                .into());
             }
             let ticketing = source_config::by_id(pool, &a.ticketing).await?;
             if ticketing.vendor()?.is_scanner() {
-                return Err(ModelError::invalid("--ticketing", format!("{} is a scanner source config, not JIRA", ticketing.id)).into());
+                return Err(ModelError::invalid(
+                    "--ticketing",
+                    format!("{} is a scanner source config, not JIRA", ticketing.id),
+                )
+                .into());
             }
             let mindate = match a.mindate {
                 Some(m) => chrono::DateTime::parse_from_rfc3339(&m)
-                    .map_err(|e| ModelError::invalid("--mindate", format!("{m:?} is not RFC 3339 such as 2026-01-31T00:00:00Z ({e})")))?
+                    .map_err(|e| {
+                        ModelError::invalid(
+                            "--mindate",
+                            format!("{m:?} is not RFC 3339 such as 2026-01-31T00:00:00Z ({e})"),
+                        )
+                    })?
                     .with_timezone(&chrono::Utc)
                     .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 None => chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -110,12 +127,20 @@ pub async fn run(cmd: JobConfigCommand, pool: &MySqlPool) -> anyhow::Result<()> 
                         format!(
                             "{}{}{}",
                             if c.auto_start { "auto " } else { "" },
-                            if c.continuous { format!("every {}s ", c.wait_in_seconds) } else { String::new() },
+                            if c.continuous {
+                                format!("every {}s ", c.wait_in_seconds)
+                            } else {
+                                String::new()
+                            },
                             if c.active { "" } else { "inactive" }
                         )
                         .trim()
                         .to_string(),
-                        if c.max_instances == 0 { "unlimited".into() } else { c.max_instances.to_string() },
+                        if c.max_instances == 0 {
+                            "unlimited".into()
+                        } else {
+                            c.max_instances.to_string()
+                        },
                         c.payload.clone().unwrap_or_default(),
                     ]
                 })

@@ -7,12 +7,12 @@
 //! configuration as the daemons (`AEGIS_*` variables), validates its input, and
 //! writes in one transaction so nothing is half-written on error.
 
+mod job;
+mod jobconfig;
 mod org;
 mod output;
 mod secrets_cmd;
 mod source;
-mod job;
-mod jobconfig;
 
 use std::process::ExitCode;
 
@@ -21,9 +21,13 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "aegis", version, about = "Operate Aegis: schema, organizations, sources, job configs, secrets and jobs.",
+#[command(
+    name = "aegis",
+    version,
+    about = "Operate Aegis: schema, organizations, sources, job configs, secrets and jobs.",
     long_about = "Operate Aegis: schema, organizations, sources, job configs, secrets and jobs.\n\n\
-Configuration comes from the environment (AEGIS_DATABASE_URL, AEGIS_ENCRYPTION_KEY, ...; see README.md).")]
+Configuration comes from the environment (AEGIS_DATABASE_URL, AEGIS_ENCRYPTION_KEY, ...; see README.md)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -72,10 +76,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate => {
             let report = db::migrate(&settings.database_url).await?;
             if report.created_database {
-                println!("created database {}", db::redact_url(&settings.database_url));
+                println!(
+                    "created database {}",
+                    db::redact_url(&settings.database_url)
+                );
             }
             if report.applied.is_empty() {
-                println!("schema is up to date ({} migrations)", db::MIGRATOR.iter().count());
+                println!(
+                    "schema is up to date ({} migrations)",
+                    db::MIGRATOR.iter().count()
+                );
             } else {
                 for m in &report.applied {
                     println!("applied {m}");
@@ -94,7 +104,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// Connects to a migrated database, or says what to do.
 async fn connect(settings: &Settings) -> anyhow::Result<sqlx::MySqlPool> {
     let pool = db::connect(&settings.database_url, 2).await?;
-    db::check_schema(&pool).await.context("checking the database schema")?;
+    db::check_schema(&pool)
+        .await
+        .context("checking the database schema")?;
     Ok(pool)
 }
 
@@ -108,9 +120,14 @@ pub fn operator() -> String {
 }
 
 /// Reads a JSON object given inline or as `@path`.
-pub fn json_object_arg(name: &str, text: &str) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+pub fn json_object_arg(
+    name: &str,
+    text: &str,
+) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
     let body = match text.strip_prefix('@') {
-        Some(path) => std::fs::read_to_string(path).with_context(|| format!("{name}: cannot read {path}"))?,
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("{name}: cannot read {path}"))?
+        }
         None => text.to_string(),
     };
     match serde_json::from_str(&body) {

@@ -66,8 +66,12 @@ fn parse_severity(text: &str) -> anyhow::Result<Severity> {
     };
     Ok(Severity {
         name: name.to_string(),
-        duration: days.parse().with_context(|| format!("--severity {text:?}: SLA_DAYS {days:?} is not a whole number"))?,
-        cvss_min: min.parse().with_context(|| format!("--severity {text:?}: CVSS_MIN {min:?} is not a number"))?,
+        duration: days.parse().with_context(|| {
+            format!("--severity {text:?}: SLA_DAYS {days:?} is not a whole number")
+        })?,
+        cvss_min: min
+            .parse()
+            .with_context(|| format!("--severity {text:?}: CVSS_MIN {min:?} is not a number"))?,
     })
 }
 
@@ -87,7 +91,11 @@ pub async fn run(cmd: OrgCommand, pool: &MySqlPool) -> anyhow::Result<()> {
                         ..OrgPayload::default()
                     };
                     if !a.severities.is_empty() {
-                        p.severities = a.severities.iter().map(|s| parse_severity(s)).collect::<Result<_, _>>()?;
+                        p.severities = a
+                            .severities
+                            .iter()
+                            .map(|s| parse_severity(s))
+                            .collect::<Result<_, _>>()?;
                     }
                     p
                 }
@@ -116,7 +124,14 @@ pub async fn run(cmd: OrgCommand, pool: &MySqlPool) -> anyhow::Result<()> {
             }
             let rows: Vec<Vec<String>> = orgs
                 .iter()
-                .map(|o| vec![o.code.clone(), o.id.clone(), o.description.clone(), if o.active { "yes".into() } else { "no".into() }])
+                .map(|o| {
+                    vec![
+                        o.code.clone(),
+                        o.id.clone(),
+                        o.description.clone(),
+                        if o.active { "yes".into() } else { "no".into() },
+                    ]
+                })
                 .collect();
             output::table(&["CODE", "ID", "DESCRIPTION", "ACTIVE"], &rows);
             Ok(())

@@ -29,7 +29,10 @@ pub struct GenerateArgs {
 }
 
 pub fn generate_key(a: &GenerateArgs) -> anyhow::Result<()> {
-    let id = a.key_id.clone().unwrap_or_else(|| format!("k{}", chrono::Utc::now().format("%Y%m%d")));
+    let id = a
+        .key_id
+        .clone()
+        .unwrap_or_else(|| format!("k{}", chrono::Utc::now().format("%Y%m%d")));
     let entry = Keyring::generate_entry(&id);
     // Validate our own output (and the id the user chose).
     Keyring::parse(&entry)?;
@@ -61,12 +64,16 @@ pub async fn run(cmd: SecretsCommand, pool: &MySqlPool, settings: &Settings) -> 
                 for f in secrets::SECRET_FIELDS {
                     let state = match auth.get(f).and_then(Value::as_str) {
                         None | Some("") => continue,
-                        Some(v) => secrets::sealed_key_id(v).map_or("plaintext".to_string(), |k| format!("sealed with {k}")),
+                        Some(v) => secrets::sealed_key_id(v)
+                            .map_or("plaintext".to_string(), |k| format!("sealed with {k}")),
                     };
                     *counts.entry(state).or_default() += 1;
                 }
             }
-            let rows: Vec<Vec<String>> = counts.into_iter().map(|(k, v)| vec![k, v.to_string()]).collect();
+            let rows: Vec<Vec<String>> = counts
+                .into_iter()
+                .map(|(k, v)| vec![k, v.to_string()])
+                .collect();
             output::table(&["STATE", "FIELDS"], &rows);
             Ok(())
         }

@@ -15,7 +15,7 @@ use crate::output;
 #[derive(Subcommand)]
 pub enum SourceCommand {
     /// Add a JIRA, Qualys or Nexpose connection to an organization.
-    Add(AddArgs),
+    Add(Box<AddArgs>),
     /// List source configs (secrets are never shown).
     List {
         /// Only this organization's.
@@ -85,21 +85,35 @@ pub struct AddArgs {
     project: Option<String>,
 }
 
-fn read_secret(flag: &str, env: &Option<String>, file: &Option<String>, inline: &Option<String>) -> anyhow::Result<Secret> {
-    let given = [env.is_some(), file.is_some(), inline.is_some()].iter().filter(|b| **b).count();
+fn read_secret(
+    flag: &str,
+    env: &Option<String>,
+    file: &Option<String>,
+    inline: &Option<String>,
+) -> anyhow::Result<Secret> {
+    let given = [env.is_some(), file.is_some(), inline.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
     if given > 1 {
         anyhow::bail!("give the {flag} once: --{flag}-env, --{flag}-file or --{flag}");
     }
     if let Some(var) = env {
-        let v = std::env::var(var).with_context(|| format!("--{flag}-env: environment variable {var} is not set"))?;
+        let v = std::env::var(var)
+            .with_context(|| format!("--{flag}-env: environment variable {var} is not set"))?;
         return Ok(Secret::new(v));
     }
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path).with_context(|| format!("--{flag}-file: cannot read {path}"))?;
-        return Ok(Secret::new(text.lines().next().unwrap_or_default().to_string()));
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("--{flag}-file: cannot read {path}"))?;
+        return Ok(Secret::new(
+            text.lines().next().unwrap_or_default().to_string(),
+        ));
     }
     if let Some(v) = inline {
-        eprintln!("warning: --{flag} on the command line is visible to other users; prefer --{flag}-env");
+        eprintln!(
+            "warning: --{flag} on the command line is visible to other users; prefer --{flag}-env"
+        );
         return Ok(Secret::new(v.clone()));
     }
     Ok(Secret::default())
@@ -172,7 +186,13 @@ pub async fn run(cmd: SourceCommand, pool: &MySqlPool, settings: &Settings) -> a
                 .map(|sc| {
                     let limits = sc
                         .limits()
-                        .map(|l| format!("delay={:?} concurrency={}", l.delay, l.concurrency.map_or("unset".into(), |c| c.to_string())))
+                        .map(|l| {
+                            format!(
+                                "delay={:?} concurrency={}",
+                                l.delay,
+                                l.concurrency.map_or("unset".into(), |c| c.to_string())
+                            )
+                        })
                         .unwrap_or_else(|e| format!("invalid: {e}"));
                     vec![
                         sc.id.clone(),
@@ -202,12 +222,27 @@ pub async fn run(cmd: SourceCommand, pool: &MySqlPool, settings: &Settings) -> a
             let mut pairs = vec![
                 ("ID", sc.id.clone()),
                 ("Source", sc.source.clone().unwrap_or_default()),
-                ("OrganizationID", sc.organization_id.clone().unwrap_or_default()),
+                (
+                    "OrganizationID",
+                    sc.organization_id.clone().unwrap_or_default(),
+                ),
                 ("Address", sc.address.clone().unwrap_or_default()),
                 ("Port", sc.port.clone().unwrap_or_default()),
-                ("Username", auth.get("Username").and_then(Value::as_str).unwrap_or_default().to_string()),
-                ("Delay", format!("{} ns ({:?})", limits.delay.as_nanos(), limits.delay)),
-                ("Concurrency", limits.concurrency.map_or("unset".into(), |c| c.to_string())),
+                (
+                    "Username",
+                    auth.get("Username")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string(),
+                ),
+                (
+                    "Delay",
+                    format!("{} ns ({:?})", limits.delay.as_nanos(), limits.delay),
+                ),
+                (
+                    "Concurrency",
+                    limits.concurrency.map_or("unset".into(), |c| c.to_string()),
+                ),
                 ("Retries", limits.retries.to_string()),
                 ("LimitKey", limits.limit_key.clone()),
                 ("Payload", sc.payload.clone()),

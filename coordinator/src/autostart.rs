@@ -25,15 +25,21 @@ pub async fn create_autostart_rows(pool: &MySqlPool) -> anyhow::Result<usize> {
             .bind(&config_id)
             .execute(&mut *tx)
             .await?;
-        let (existing,): (i64,) =
-            sqlx::query_as("SELECT COUNT(*) FROM JobHistory WHERE ConfigID = ? AND StatusId IN (-1, 1, 2)")
-                .bind(&config_id)
-                .fetch_one(&mut *tx)
-                .await?;
+        let (existing,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM JobHistory WHERE ConfigID = ? AND StatusId IN (-1, 1, 2)",
+        )
+        .bind(&config_id)
+        .fetch_one(&mut *tx)
+        .await?;
         if existing == 0 {
             let row = job_history::insert(
                 &mut tx,
-                &NewJob { job_name: job.clone(), config_id: Some(config_id.clone()), created_by: "RUNNER".into(), ..Default::default() },
+                &NewJob {
+                    job_name: job.clone(),
+                    config_id: Some(config_id.clone()),
+                    created_by: "RUNNER".into(),
+                    ..Default::default()
+                },
             )
             .await?;
             tracing::info!(job_id = %row.id, "Job Runner: AutoStart created a {job} job for config {config_id}");

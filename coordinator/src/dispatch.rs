@@ -22,7 +22,11 @@ use sqlx::{Acquire, MySql, MySqlPool, QueryBuilder};
 use tracing::Instrument;
 
 pub static DISPATCHED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    aegis_shared::metrics::counter_vec("aegis_jobs_dispatched_total", "Job messages published, by job", &["job"])
+    aegis_shared::metrics::counter_vec(
+        "aegis_jobs_dispatched_total",
+        "Job messages published, by job",
+        &["job"],
+    )
 });
 pub static REPUBLISHED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     aegis_shared::metrics::counter_vec(
@@ -36,7 +40,9 @@ pub static QUEUE_LAG: LazyLock<prometheus::HistogramVec> = LazyLock::new(|| {
         "aegis_dispatch_lag_seconds",
         "Time from a row becoming due to its dispatch",
         &["job"],
-        vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0],
+        vec![
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0,
+        ],
     )
 });
 
@@ -84,10 +90,11 @@ pub async fn dispatch_due(
     batch: u32,
     window: u32,
 ) -> anyhow::Result<Pass> {
-    let (outstanding,): (i64,) =
-        sqlx::query_as("SELECT COUNT(*) FROM JobHistory WHERE StatusId = 1 AND DispatchedAt IS NOT NULL")
-            .fetch_one(pool)
-            .await?;
+    let (outstanding,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM JobHistory WHERE StatusId = 1 AND DispatchedAt IS NOT NULL",
+    )
+    .fetch_one(pool)
+    .await?;
     let room = (window as i64 - outstanding).clamp(0, batch as i64);
     if room == 0 {
         return Ok(Pass::default());
@@ -116,7 +123,9 @@ pub async fn dispatch_due(
 
     let mut conn = pool.acquire().await?;
     // READ COMMITTED: counts below must see other coordinators' committed claims.
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED").execute(&mut *conn).await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        .execute(&mut *conn)
+        .await?;
     let mut tx = conn.begin().await?;
 
     let mut qb = QueryBuilder::<MySql>::new("SELECT ID FROM JobHistory WHERE ID IN ");
@@ -140,7 +149,9 @@ pub async fn dispatch_due(
         in_list(&mut qb, limited.iter().copied());
         qb.push(" ORDER BY ID FOR UPDATE");
         qb.build().execute(&mut *tx).await?;
-        let mut qb = QueryBuilder::<MySql>::new("SELECT ConfigID, COUNT(*) FROM JobHistory WHERE ConfigID IN ");
+        let mut qb = QueryBuilder::<MySql>::new(
+            "SELECT ConfigID, COUNT(*) FROM JobHistory WHERE ConfigID IN ",
+        );
         in_list(&mut qb, limited.iter().copied());
         qb.push(
             " AND (StatusId = 2 OR (StatusId = 1 AND DispatchedAt IS NOT NULL) OR (StatusId = -1 AND LeaseUntil IS NOT NULL))
@@ -176,7 +187,9 @@ pub async fn dispatch_due(
         }
         return Ok(Pass { more: false });
     }
-    let mut qb = QueryBuilder::<MySql>::new("UPDATE JobHistory SET DispatchedAt = UTC_TIMESTAMP(3), DispatchedBy = ");
+    let mut qb = QueryBuilder::<MySql>::new(
+        "UPDATE JobHistory SET DispatchedAt = UTC_TIMESTAMP(3), DispatchedBy = ",
+    );
     qb.push_bind(coordinator_id).push(" WHERE ID IN ");
     in_list(&mut qb, admitted.iter().map(|c| &c.id));
     qb.build().execute(&mut *tx).await?;
@@ -184,20 +197,30 @@ pub async fn dispatch_due(
 
     let failed = publish(channel, topology, &admitted).await;
     for c in &admitted {
-        QUEUE_LAG.with_label_values(&[&c.job]).observe(c.lag_ms as f64 / 1000.0);
+        QUEUE_LAG
+            .with_label_values(&[&c.job])
+            .observe(c.lag_ms as f64 / 1000.0);
     }
     if !failed.is_empty() {
-        tracing::warn!(count = failed.len(), "Job Runner: could not publish job messages; returning the rows to pending");
-        let mut qb = QueryBuilder::<MySql>::new("UPDATE JobHistory SET DispatchedAt = NULL, DispatchedBy = NULL WHERE ID IN ");
+        tracing::warn!(
+            count = failed.len(),
+            "Job Runner: could not publish job messages; returning the rows to pending"
+        );
+        let mut qb = QueryBuilder::<MySql>::new(
+            "UPDATE JobHistory SET DispatchedAt = NULL, DispatchedBy = NULL WHERE ID IN ",
+        );
         in_list(&mut qb, failed.iter());
-        qb.push(" AND StatusId = 1 AND DispatchedBy = ").push_bind(coordinator_id);
+        qb.push(" AND StatusId = 1 AND DispatchedBy = ")
+            .push_bind(coordinator_id);
         qb.build().execute(pool).await?;
     }
     let dispatched = admitted.len() - failed.len();
     if dispatched > 0 {
         tracing::info!("Job Runner: [{dispatched}] jobs found for processing");
     }
-    Ok(Pass { more: full && failed.is_empty() })
+    Ok(Pass {
+        more: full && failed.is_empty(),
+    })
 }
 
 /// Publishes one message per row with publisher confirms; returns the IDs that
@@ -210,7 +233,10 @@ async fn publish(channel: &Channel, topology: &Topology, rows: &[Candidate]) -> 
         broker::adopt_traceparent(&span, c.trace_parent.as_deref());
         let mut headers = FieldTable::default();
         broker::inject_trace(&span, &mut headers);
-        let body = match serde_json::to_vec(&JobMessage { job_history_id: c.id.clone(), job: c.job.clone() }) {
+        let body = match serde_json::to_vec(&JobMessage {
+            job_history_id: c.id.clone(),
+            job: c.job.clone(),
+        }) {
             Ok(b) => b,
             Err(_) => {
                 failed.push(c.id.clone());
@@ -224,7 +250,13 @@ async fn publish(channel: &Channel, topology: &Topology, rows: &[Candidate]) -> 
             .with_message_id(c.id.clone().into())
             .with_headers(headers);
         let sent = channel
-            .basic_publish(&topology.jobs_exchange, &c.job, BasicPublishOptions::default(), &body, props)
+            .basic_publish(
+                &topology.jobs_exchange,
+                &c.job,
+                BasicPublishOptions::default(),
+                &body,
+                props,
+            )
             .instrument(span)
             .await;
         match sent {
@@ -264,7 +296,9 @@ pub async fn republish_stale(
     batch: u32,
 ) -> anyhow::Result<usize> {
     let mut conn = pool.acquire().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED").execute(&mut *conn).await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        .execute(&mut *conn)
+        .await?;
     let mut tx = conn.begin().await?;
     let rows: Vec<Candidate> = sqlx::query_as(
         "SELECT jh.ID, jh.ConfigID, jh.Priority, j.Struct, 0 AS MaxInstances, jh.TraceParent, CAST(0 AS SIGNED) AS LagMs
@@ -281,7 +315,9 @@ pub async fn republish_stale(
         tx.commit().await?;
         return Ok(0);
     }
-    let mut qb = QueryBuilder::<MySql>::new("UPDATE JobHistory SET DispatchedAt = UTC_TIMESTAMP(3), DispatchedBy = ");
+    let mut qb = QueryBuilder::<MySql>::new(
+        "UPDATE JobHistory SET DispatchedAt = UTC_TIMESTAMP(3), DispatchedBy = ",
+    );
     qb.push_bind(coordinator_id).push(" WHERE ID IN ");
     in_list(&mut qb, rows.iter().map(|c| &c.id));
     qb.build().execute(&mut *tx).await?;
@@ -289,7 +325,10 @@ pub async fn republish_stale(
     for c in &rows {
         REPUBLISHED.with_label_values(&[&c.job]).inc();
     }
-    tracing::warn!(count = rows.len(), "Job Runner: republishing dispatched jobs that no worker claimed within {timeout:?}");
+    tracing::warn!(
+        count = rows.len(),
+        "Job Runner: republishing dispatched jobs that no worker claimed within {timeout:?}"
+    );
     let failed = publish(channel, topology, &rows).await;
     Ok(rows.len() - failed.len())
 }

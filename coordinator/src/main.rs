@@ -47,10 +47,16 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let Started { settings, pool, mut telemetry } = startup::start("aegis-coordinator").await?;
+    let Started {
+        settings,
+        pool,
+        mut telemetry,
+    } = startup::start("aegis-coordinator").await?;
     let readiness = Readiness::default();
     if let Some(addr) = settings.http_addr {
-        let bound = metrics::serve(addr, readiness.clone()).await.with_context(|| format!("AEGIS_HTTP_ADDR: cannot listen on {addr}"))?;
+        let bound = metrics::serve(addr, readiness.clone())
+            .await
+            .with_context(|| format!("AEGIS_HTTP_ADDR: cannot listen on {addr}"))?;
         tracing::info!("Job Runner: metrics and health on http://{bound}/metrics");
     }
     let id = format!(
@@ -58,7 +64,9 @@ async fn run() -> anyhow::Result<()> {
         std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into()),
         std::process::id()
     );
-    let created = autostart::create_autostart_rows(&pool).await.context("creating AutoStart jobs")?;
+    let created = autostart::create_autostart_rows(&pool)
+        .await
+        .context("creating AutoStart jobs")?;
     tracing::info!("Job Runner: started as {id}; AutoStart created {created} job(s)");
 
     let coordinator = Coordinator {
@@ -96,7 +104,9 @@ struct BrokerSession {
 
 impl BrokerSession {
     fn healthy(&self) -> bool {
-        self.connection.status().connected() && self.publish.status().connected() && !self.submissions.is_finished()
+        self.connection.status().connected()
+            && self.publish.status().connected()
+            && !self.submissions.is_finished()
     }
 }
 
@@ -104,17 +114,36 @@ impl Coordinator {
     async fn open_broker(&self) -> anyhow::Result<BrokerSession> {
         let connection = services::connect_amqp(&self.settings.amqp_url, &self.id).await?;
         let publish = connection.create_channel().await?;
-        publish.confirm_select(ConfirmSelectOptions::default()).await?;
-        self.topology.declare(&publish).await.context("declaring the RabbitMQ topology")?;
+        publish
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        self.topology
+            .declare(&publish)
+            .await
+            .context("declaring the RabbitMQ topology")?;
         let submit_channel = connection.create_channel().await?;
-        submit_channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        let (topology, pool, wake, tag) = (self.topology.clone(), self.pool.clone(), self.wake.clone(), self.id.clone());
+        submit_channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let (topology, pool, wake, tag) = (
+            self.topology.clone(),
+            self.pool.clone(),
+            self.wake.clone(),
+            self.id.clone(),
+        );
         let submissions = tokio::spawn(async move {
             if let Err(e) = submission::consume(submit_channel, topology, pool, wake, tag).await {
-                tracing::warn!(error = format!("{e:#}"), "Job Runner: submission consumer stopped");
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "Job Runner: submission consumer stopped"
+                );
             }
         });
-        Ok(BrokerSession { connection, publish, submissions })
+        Ok(BrokerSession {
+            connection,
+            publish,
+            submissions,
+        })
     }
 
     async fn run(&self, shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>) {
@@ -129,7 +158,9 @@ impl Coordinator {
 
         loop {
             if session.as_ref().is_some_and(|s| !s.healthy()) {
-                tracing::warn!("Job Runner: lost the RabbitMQ connection; dispatch paused until it returns");
+                tracing::warn!(
+                    "Job Runner: lost the RabbitMQ connection; dispatch paused until it returns"
+                );
                 session = None;
             }
             if session.is_none() && Instant::now() >= next_connect {
@@ -142,7 +173,10 @@ impl Coordinator {
                     }
                     Err(e) => {
                         if !broker_down_logged {
-                            tracing::error!(error = format!("{e:#}"), "Job Runner: cannot reach RabbitMQ; retrying with backoff");
+                            tracing::error!(
+                                error = format!("{e:#}"),
+                                "Job Runner: cannot reach RabbitMQ; retrying with backoff"
+                            );
                             broker_down_logged = true;
                         }
                         next_connect = Instant::now() + backoff;
@@ -152,25 +186,56 @@ impl Coordinator {
             }
             self.readiness.set(session.is_some());
 
-            log_failure(reaper::cancel_waiting(&self.pool).await, "Job Runner: Error getting jobs to cancel from the database");
-            log_failure(reaper::reap_expired(&self.pool, cfg.max_attempts).await, "Job Runner: Error while reaping expired leases");
+            log_failure(
+                reaper::cancel_waiting(&self.pool).await,
+                "Job Runner: Error getting jobs to cancel from the database",
+            );
+            log_failure(
+                reaper::reap_expired(&self.pool, cfg.max_attempts).await,
+                "Job Runner: Error while reaping expired leases",
+            );
             if Instant::now() >= next_schedule {
-                log_failure(schedule::run_due_schedules(&self.pool).await, "Job Runner: Error while checking scheduled jobs");
+                log_failure(
+                    schedule::run_due_schedules(&self.pool).await,
+                    "Job Runner: Error while checking scheduled jobs",
+                );
                 next_schedule = Instant::now() + cfg.schedule_interval;
             }
 
             let mut more = false;
             if let Some(s) = &session {
-                match dispatch::dispatch_due(&self.pool, &s.publish, &self.topology, &self.id, cfg.dispatch_batch, cfg.dispatch_window).await {
+                match dispatch::dispatch_due(
+                    &self.pool,
+                    &s.publish,
+                    &self.topology,
+                    &self.id,
+                    cfg.dispatch_batch,
+                    cfg.dispatch_window,
+                )
+                .await
+                {
                     Ok(pass) => more = pass.more,
-                    Err(e) => tracing::error!(error = format!("{e:#}"), "Job Runner: Error while retrieving job queue"),
+                    Err(e) => tracing::error!(
+                        error = format!("{e:#}"),
+                        "Job Runner: Error while retrieving job queue"
+                    ),
                 }
                 if Instant::now() >= next_republish {
                     log_failure(
-                        dispatch::republish_stale(&self.pool, &s.publish, &self.topology, &self.id, cfg.dispatch_timeout, cfg.dispatch_batch).await,
+                        dispatch::republish_stale(
+                            &self.pool,
+                            &s.publish,
+                            &self.topology,
+                            &self.id,
+                            cfg.dispatch_timeout,
+                            cfg.dispatch_batch,
+                        )
+                        .await,
                         "Job Runner: Error while republishing unclaimed jobs",
                     );
-                    next_republish = Instant::now() + (cfg.dispatch_timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(30));
+                    next_republish = Instant::now()
+                        + (cfg.dispatch_timeout / 4)
+                            .clamp(Duration::from_millis(200), Duration::from_secs(30));
                 }
             }
             if more {
@@ -178,7 +243,9 @@ impl Coordinator {
                 continue;
             }
 
-            let tasks = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+            let tasks = tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks();
             let secs = cfg.poll_interval.as_secs_f64();
             if Instant::now() >= next_idle_log {
                 tracing::info!(target: HEARTBEAT_TARGET, "Job Runner: Sleeping for {secs} seconds - [{tasks} tasks]");

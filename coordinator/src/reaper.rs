@@ -21,7 +21,11 @@ pub static REAPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 pub static CANCELLED: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
-    let c = aegis_shared::metrics::counter_vec("aegis_jobs_cancelled_before_start_total", "Cancel requests honoured before a worker ran the row", &[]);
+    let c = aegis_shared::metrics::counter_vec(
+        "aegis_jobs_cancelled_before_start_total",
+        "Cancel requests honoured before a worker ran the row",
+        &[],
+    );
     c.with_label_values(&[])
 });
 
@@ -61,7 +65,9 @@ struct Expired {
 /// Requeues or fails rows whose lease expired. Returns how many were handled.
 pub async fn reap_expired(pool: &MySqlPool, default_max_attempts: u32) -> anyhow::Result<usize> {
     let mut conn = pool.acquire().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED").execute(&mut *conn).await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        .execute(&mut *conn)
+        .await?;
     let mut tx = conn.begin().await?;
     let rows: Vec<Expired> = sqlx::query_as(
         "SELECT ID, StatusId, Attempt, COALESCE(MaxAttempts, ?) AS MaxAttempts, WorkerID FROM JobHistory
@@ -74,7 +80,11 @@ pub async fn reap_expired(pool: &MySqlPool, default_max_attempts: u32) -> anyhow
     for r in &rows {
         let worker = r.worker.as_deref().unwrap_or("?");
         let (status, error, outcome) = if r.status == -1 {
-            (5, format!("cancelled; its worker {worker} stopped responding"), "cancelled")
+            (
+                5,
+                format!("cancelled; its worker {worker} stopped responding"),
+                "cancelled",
+            )
         } else if r.attempt >= r.max_attempts {
             (
                 4,

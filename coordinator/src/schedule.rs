@@ -21,7 +21,11 @@ use chrono::{DateTime, Duration, NaiveTime, Utc};
 use sqlx::{Acquire, MySqlPool};
 
 pub static FIRED: LazyLock<prometheus::IntCounterVec> = LazyLock::new(|| {
-    aegis_shared::metrics::counter_vec("aegis_schedules_fired_total", "JobSchedule slots that created a JobHistory row", &["job"])
+    aegis_shared::metrics::counter_vec(
+        "aegis_schedules_fired_total",
+        "JobSchedule slots that created a JobHistory row",
+        &["job"],
+    )
 });
 
 /// The days a DaysOfWeek value names, as chrono weekdays counted from Sunday (0..=6).
@@ -38,7 +42,12 @@ pub fn days_of(days_of_week: &str) -> Vec<u32> {
 }
 
 /// The first fire time strictly after `after`, or `None` when no valid day is named.
-pub fn next_fire_after(after: DateTime<Utc>, days_of_week: &str, time_of_day: NaiveTime, offset_hours: f64) -> Option<DateTime<Utc>> {
+pub fn next_fire_after(
+    after: DateTime<Utc>,
+    days_of_week: &str,
+    time_of_day: NaiveTime,
+    offset_hours: f64,
+) -> Option<DateTime<Utc>> {
     let days = days_of(days_of_week);
     if days.is_empty() {
         return None;
@@ -85,7 +94,9 @@ struct DueSchedule {
 /// without locks.)
 pub async fn run_due_schedules(pool: &MySqlPool) -> anyhow::Result<usize> {
     let mut conn = pool.acquire().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED").execute(&mut *conn).await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        .execute(&mut *conn)
+        .await?;
     let mut tx = conn.begin().await?;
     tracing::debug!("Job Runner: Checking for scheduled jobs ready to execute");
     let locked: Vec<(String,)> = sqlx::query_as(
@@ -123,7 +134,12 @@ pub async fn run_due_schedules(pool: &MySqlPool) -> anyhow::Result<usize> {
         if s.next_run_at.is_some() {
             let row = job_history::insert(
                 &mut tx,
-                &NewJob { job_name: s.job.clone(), config_id: Some(s.config_id.clone()), created_by: "RUNNER".into(), ..Default::default() },
+                &NewJob {
+                    job_name: s.job.clone(),
+                    config_id: Some(s.config_id.clone()),
+                    created_by: "RUNNER".into(),
+                    ..Default::default()
+                },
             )
             .await?;
             FIRED.with_label_values(&[&s.job]).inc();
@@ -151,7 +167,9 @@ mod tests {
     use chrono::TimeZone;
 
     fn at(y: i32, m: u32, d: u32, h: u32, min: u32) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(y, m, d, h, min, 0).single().expect("valid time")
+        Utc.with_ymd_and_hms(y, m, d, h, min, 0)
+            .single()
+            .expect("valid time")
     }
     fn t(h: u32, m: u32) -> NaiveTime {
         NaiveTime::from_hms_opt(h, m, 0).expect("valid time")
@@ -168,28 +186,52 @@ mod tests {
     fn next_fire_is_later_today_or_on_the_next_matching_day() {
         // 2026-11-24 is a Tuesday (digit 3).
         let now = at(2026, 11, 24, 10, 0);
-        assert_eq!(next_fire_after(now, "1234567", t(12, 0), 0.0), Some(at(2026, 11, 24, 12, 0)));
-        assert_eq!(next_fire_after(now, "1234567", t(9, 0), 0.0), Some(at(2026, 11, 25, 9, 0)));
+        assert_eq!(
+            next_fire_after(now, "1234567", t(12, 0), 0.0),
+            Some(at(2026, 11, 24, 12, 0))
+        );
+        assert_eq!(
+            next_fire_after(now, "1234567", t(9, 0), 0.0),
+            Some(at(2026, 11, 25, 9, 0))
+        );
         // Weekdays only, from Friday evening: Monday.
         let friday = at(2026, 11, 27, 20, 0);
-        assert_eq!(next_fire_after(friday, "2,3,4,5,6", t(6, 0), 0.0), Some(at(2026, 11, 30, 6, 0)));
+        assert_eq!(
+            next_fire_after(friday, "2,3,4,5,6", t(6, 0), 0.0),
+            Some(at(2026, 11, 30, 6, 0))
+        );
         // Exactly at the slot: the next one (a slot fires once).
-        assert_eq!(next_fire_after(at(2026, 11, 24, 12, 0), "3", t(12, 0), 0.0), Some(at(2026, 12, 1, 12, 0)));
+        assert_eq!(
+            next_fire_after(at(2026, 11, 24, 12, 0), "3", t(12, 0), 0.0),
+            Some(at(2026, 12, 1, 12, 0))
+        );
         assert_eq!(next_fire_after(now, "9", t(12, 0), 0.0), None);
     }
 
     #[test]
     fn slots_just_after_midnight_are_not_missed() {
         let before_midnight = at(2026, 11, 24, 23, 59);
-        assert_eq!(next_fire_after(before_midnight, "1234567", t(0, 0), 0.0), Some(at(2026, 11, 25, 0, 0)));
-        assert_eq!(next_fire_after(before_midnight, "1234567", t(0, 1), 0.0), Some(at(2026, 11, 25, 0, 1)));
+        assert_eq!(
+            next_fire_after(before_midnight, "1234567", t(0, 0), 0.0),
+            Some(at(2026, 11, 25, 0, 0))
+        );
+        assert_eq!(
+            next_fire_after(before_midnight, "1234567", t(0, 1), 0.0),
+            Some(at(2026, 11, 25, 0, 1))
+        );
     }
 
     #[test]
     fn organization_offset_shifts_the_slot() {
         // 09:00 at UTC-5 is 14:00 UTC; the weekday is the local one.
         let now = at(2026, 11, 24, 3, 0); // Monday 22:00 local
-        assert_eq!(next_fire_after(now, "2", t(23, 0), -5.0), Some(at(2026, 11, 24, 4, 0)));
-        assert_eq!(next_fire_after(now, "3", t(9, 0), -5.0), Some(at(2026, 11, 24, 14, 0)));
+        assert_eq!(
+            next_fire_after(now, "2", t(23, 0), -5.0),
+            Some(at(2026, 11, 24, 4, 0))
+        );
+        assert_eq!(
+            next_fire_after(now, "3", t(9, 0), -5.0),
+            Some(at(2026, 11, 24, 14, 0))
+        );
     }
 }

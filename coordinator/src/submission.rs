@@ -17,7 +17,9 @@ use aegis_shared::model::job_history::{self, NewJob};
 use aegis_shared::model::ModelError;
 use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
 use sqlx::MySqlPool;
@@ -25,7 +27,11 @@ use tokio::sync::Notify;
 use tracing::Instrument;
 
 pub static SUBMISSIONS: LazyLock<prometheus::IntCounterVec> = LazyLock::new(|| {
-    aegis_shared::metrics::counter_vec("aegis_submissions_total", "Queue submissions, by result", &["result"])
+    aegis_shared::metrics::counter_vec(
+        "aegis_submissions_total",
+        "Queue submissions, by result",
+        &["result"],
+    )
 });
 
 /// Consumes submissions until the channel closes.
@@ -38,13 +44,20 @@ pub async fn consume(
 ) -> anyhow::Result<()> {
     channel.basic_qos(64, BasicQosOptions::default()).await?;
     let mut consumer = channel
-        .basic_consume(&topology.submit_queue, &consumer_tag, BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            &topology.submit_queue,
+            &consumer_tag,
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await?;
     while let Some(delivery) = consumer.next().await {
         let delivery = delivery?;
         let span = tracing::info_span!("submission", otel.name = "submit");
         broker::adopt_trace(&span, delivery.properties.headers().as_ref());
-        handle(&channel, &topology, &pool, &wake_dispatch, delivery).instrument(span).await?;
+        handle(&channel, &topology, &pool, &wake_dispatch, delivery)
+            .instrument(span)
+            .await?;
     }
     Ok(())
 }
@@ -65,14 +78,23 @@ async fn handle(
         None => {
             // parse() guarantees a config when there is no job name.
             let config_id = submission.config_id.clone().unwrap_or_default();
-            let row: Option<(String,)> =
-                sqlx::query_as("SELECT j.Struct FROM JobConfig jc JOIN Job j ON j.Id = jc.JobId WHERE jc.ID = ?")
-                    .bind(&config_id)
-                    .fetch_optional(pool)
-                    .await?;
+            let row: Option<(String,)> = sqlx::query_as(
+                "SELECT j.Struct FROM JobConfig jc JOIN Job j ON j.Id = jc.JobId WHERE jc.ID = ?",
+            )
+            .bind(&config_id)
+            .fetch_optional(pool)
+            .await?;
             match row {
                 Some((name,)) => name,
-                None => return reject(channel, topology, delivery, format!("no job config found for {config_id:?}")).await,
+                None => {
+                    return reject(
+                        channel,
+                        topology,
+                        delivery,
+                        format!("no job config found for {config_id:?}"),
+                    )
+                    .await
+                }
             }
         }
     };
@@ -82,7 +104,10 @@ async fn handle(
         priority: submission.priority,
         payload: submission.payload_text(),
         parent_job_id: None,
-        created_by: submission.created_by.clone().unwrap_or_else(|| "QUEUE".into()),
+        created_by: submission
+            .created_by
+            .clone()
+            .unwrap_or_else(|| "QUEUE".into()),
         idempotency_key: submission.idempotency_key.clone(),
         trace_parent: broker::traceparent_of(&tracing::Span::current()),
     };
@@ -98,45 +123,104 @@ async fn handle(
             drop(tx);
             tracing::warn!(error = %e, "Job Runner: could not record a submission; it will be retried");
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?;
+            delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await?;
             return Ok(());
         }
     };
     tx.commit().await?;
     wake_dispatch.notify_one();
-    let status = if inserted.created { "created" } else { "duplicate" };
+    let status = if inserted.created {
+        "created"
+    } else {
+        "duplicate"
+    };
     SUBMISSIONS.with_label_values(&[status]).inc();
     tracing::info!(job_id = %inserted.id, "Job Runner: queue submission {status} a {} job", new.job_name);
-    reply(channel, &delivery, SubmissionReply { status: status.into(), id: Some(inserted.id), error: None }).await;
+    reply(
+        channel,
+        &delivery,
+        SubmissionReply {
+            status: status.into(),
+            id: Some(inserted.id),
+            error: None,
+        },
+    )
+    .await;
     delivery.ack(BasicAckOptions::default()).await?;
     Ok(())
 }
 
 /// Dead-letters a submission with its reason, tells the sender, and acks it.
-async fn reject(channel: &Channel, topology: &Topology, delivery: Delivery, reason: String) -> anyhow::Result<()> {
+async fn reject(
+    channel: &Channel,
+    topology: &Topology,
+    delivery: Delivery,
+    reason: String,
+) -> anyhow::Result<()> {
     SUBMISSIONS.with_label_values(&["rejected"]).inc();
     tracing::warn!(error = %reason, "Job Runner: rejected a queue submission; it is in the dead-letter queue");
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-    headers.insert(broker::ERROR_HEADER.into(), AMQPValue::LongString(reason.clone().into()));
-    headers.insert("x-aegis-source-queue".into(), AMQPValue::LongString(topology.submit_queue.clone().into()));
-    let props = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
+    headers.insert(
+        broker::ERROR_HEADER.into(),
+        AMQPValue::LongString(reason.clone().into()),
+    );
+    headers.insert(
+        "x-aegis-source-queue".into(),
+        AMQPValue::LongString(topology.submit_queue.clone().into()),
+    );
+    let props = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_headers(headers);
     let confirm = channel
-        .basic_publish(&topology.dead_letter_exchange, "", BasicPublishOptions::default(), &delivery.data, props)
+        .basic_publish(
+            &topology.dead_letter_exchange,
+            "",
+            BasicPublishOptions::default(),
+            &delivery.data,
+            props,
+        )
         .await?;
     confirm.await?;
-    reply(channel, &delivery, SubmissionReply { status: "rejected".into(), id: None, error: Some(reason) }).await;
+    reply(
+        channel,
+        &delivery,
+        SubmissionReply {
+            status: "rejected".into(),
+            id: None,
+            error: Some(reason),
+        },
+    )
+    .await;
     delivery.ack(BasicAckOptions::default()).await?;
     Ok(())
 }
 
 async fn reply(channel: &Channel, delivery: &Delivery, body: SubmissionReply) {
-    let Some(reply_to) = delivery.properties.reply_to() else { return };
-    let Ok(bytes) = serde_json::to_vec(&body) else { return };
+    let Some(reply_to) = delivery.properties.reply_to() else {
+        return;
+    };
+    let Ok(bytes) = serde_json::to_vec(&body) else {
+        return;
+    };
     let mut props = BasicProperties::default().with_content_type("application/json".into());
     if let Some(c) = delivery.properties.correlation_id() {
         props = props.with_correlation_id(c.clone());
     }
-    match channel.basic_publish("", reply_to.as_str(), BasicPublishOptions::default(), &bytes, props).await {
+    match channel
+        .basic_publish(
+            "",
+            reply_to.as_str(),
+            BasicPublishOptions::default(),
+            &bytes,
+            props,
+        )
+        .await
+    {
         Ok(confirm) => {
             if let Err(e) = confirm.await {
                 tracing::warn!(error = %e, "Job Runner: could not reply to a submission");

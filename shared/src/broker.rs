@@ -60,36 +60,83 @@ impl Topology {
 
     /// Declares every exchange and queue (idempotent; both binaries call it).
     pub async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
-        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
         channel
-            .exchange_declare(&self.jobs_exchange, ExchangeKind::Direct, durable, FieldTable::default())
+            .exchange_declare(
+                &self.jobs_exchange,
+                ExchangeKind::Direct,
+                durable,
+                FieldTable::default(),
+            )
             .await?;
         channel
-            .exchange_declare(&self.submit_exchange, ExchangeKind::Direct, durable, FieldTable::default())
+            .exchange_declare(
+                &self.submit_exchange,
+                ExchangeKind::Direct,
+                durable,
+                FieldTable::default(),
+            )
             .await?;
         channel
-            .exchange_declare(&self.dead_letter_exchange, ExchangeKind::Fanout, durable, FieldTable::default())
+            .exchange_declare(
+                &self.dead_letter_exchange,
+                ExchangeKind::Fanout,
+                durable,
+                FieldTable::default(),
+            )
             .await?;
-        let q = QueueDeclareOptions { durable: true, ..Default::default() };
+        let q = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
         channel
             .queue_declare(&self.dead_letter_queue, q, FieldTable::default())
             .await?;
         channel
-            .queue_bind(&self.dead_letter_queue, &self.dead_letter_exchange, "", QueueBindOptions::default(), FieldTable::default())
+            .queue_bind(
+                &self.dead_letter_queue,
+                &self.dead_letter_exchange,
+                "",
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
             .await?;
         let mut dlx = FieldTable::default();
-        dlx.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(self.dead_letter_exchange.clone().into()));
-        channel.queue_declare(&self.submit_queue, q, dlx.clone()).await?;
+        dlx.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(self.dead_letter_exchange.clone().into()),
+        );
         channel
-            .queue_bind(&self.submit_queue, &self.submit_exchange, "submit", QueueBindOptions::default(), FieldTable::default())
+            .queue_declare(&self.submit_queue, q, dlx.clone())
+            .await?;
+        channel
+            .queue_bind(
+                &self.submit_queue,
+                &self.submit_exchange,
+                "submit",
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
             .await?;
         for name in JOB_NAMES {
             let mut args = dlx.clone();
-            args.insert("x-max-priority".into(), AMQPValue::ShortShortUInt(MAX_PRIORITY));
+            args.insert(
+                "x-max-priority".into(),
+                AMQPValue::ShortShortUInt(MAX_PRIORITY),
+            );
             let queue = self.job_queue(name);
             channel.queue_declare(&queue, q, args).await?;
             channel
-                .queue_bind(&queue, &self.jobs_exchange, name, QueueBindOptions::default(), FieldTable::default())
+                .queue_bind(
+                    &queue,
+                    &self.jobs_exchange,
+                    name,
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
                 .await?;
         }
         Ok(())
@@ -149,16 +196,24 @@ pub struct SubmissionReply {
 impl Submission {
     /// Parses a submission body; the error says what is wrong with it.
     pub fn parse(body: &[u8]) -> Result<Self, String> {
-        let s: Submission = serde_json::from_slice(body).map_err(|e| format!("not a valid submission: {e}"))?;
+        let s: Submission =
+            serde_json::from_slice(body).map_err(|e| format!("not a valid submission: {e}"))?;
         if s.job.is_none() && s.config_id.is_none() {
-            return Err("a submission needs \"job\" (a job name) or \"config_id\" (a JobConfig ID)".into());
+            return Err(
+                "a submission needs \"job\" (a job name) or \"config_id\" (a JobConfig ID)".into(),
+            );
         }
         if let Some(p) = &s.payload {
             match p {
                 serde_json::Value::Object(_) => {}
                 serde_json::Value::String(text) => {
-                    if !matches!(serde_json::from_str::<serde_json::Value>(text), Ok(serde_json::Value::Object(_))) {
-                        return Err("\"payload\" is a string that does not hold a JSON object".into());
+                    if !matches!(
+                        serde_json::from_str::<serde_json::Value>(text),
+                        Ok(serde_json::Value::Object(_))
+                    ) {
+                        return Err(
+                            "\"payload\" is a string that does not hold a JSON object".into()
+                        );
                     }
                 }
                 _ => return Err("\"payload\" must be a JSON object".into()),
@@ -180,7 +235,10 @@ struct HeaderInjector<'a>(&'a mut FieldTable);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        self.0.insert(ShortString::from(key.to_string()), AMQPValue::LongString(value.into()));
+        self.0.insert(
+            ShortString::from(key.to_string()),
+            AMQPValue::LongString(value.into()),
+        );
     }
 }
 
@@ -198,7 +256,9 @@ impl Extractor for HeaderExtractor {
 /// Writes the current span's trace context (W3C `traceparent`) into headers.
 pub fn inject_trace(span: &tracing::Span, headers: &mut FieldTable) {
     let cx = span.context();
-    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut HeaderInjector(headers)));
+    opentelemetry::global::get_text_map_propagator(|p| {
+        p.inject_context(&cx, &mut HeaderInjector(headers))
+    });
 }
 
 /// The `traceparent` of a span, for storing beside a row (empty without tracing).
@@ -217,7 +277,9 @@ pub fn adopt_trace(span: &tracing::Span, headers: Option<&FieldTable>) {
 
 /// Makes `span` a child of a stored `traceparent`, if any.
 pub fn adopt_traceparent(span: &tracing::Span, traceparent: Option<&str>) {
-    let Some(tp) = traceparent.filter(|t| !t.is_empty()) else { return };
+    let Some(tp) = traceparent.filter(|t| !t.is_empty()) else {
+        return;
+    };
     let extractor = HeaderExtractor(HashMap::from([("traceparent".to_string(), tp.to_string())]));
     let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&extractor));
     span.set_parent(cx);
@@ -246,11 +308,21 @@ mod tests {
 
     #[test]
     fn submissions_are_checked_with_a_reason() {
-        let s = Submission::parse(br#"{"job":"DiagnosticJob","payload":{"sleep_ms":5},"priority":1}"#).expect("valid");
+        let s =
+            Submission::parse(br#"{"job":"DiagnosticJob","payload":{"sleep_ms":5},"priority":1}"#)
+                .expect("valid");
         assert_eq!(s.payload_text().as_deref(), Some(r#"{"sleep_ms":5}"#));
-        assert!(Submission::parse(b"not json").expect_err("bad").contains("not a valid submission"));
-        assert!(Submission::parse(b"{}").expect_err("bad").contains("\"job\""));
-        assert!(Submission::parse(br#"{"job":"X","payload":[1]}"#).expect_err("bad").contains("payload"));
-        assert!(Submission::parse(br#"{"job":"X","colour":"red"}"#).expect_err("bad").contains("colour"));
+        assert!(Submission::parse(b"not json")
+            .expect_err("bad")
+            .contains("not a valid submission"));
+        assert!(Submission::parse(b"{}")
+            .expect_err("bad")
+            .contains("\"job\""));
+        assert!(Submission::parse(br#"{"job":"X","payload":[1]}"#)
+            .expect_err("bad")
+            .contains("payload"));
+        assert!(Submission::parse(br#"{"job":"X","colour":"red"}"#)
+            .expect_err("bad")
+            .contains("colour"));
     }
 }

@@ -129,7 +129,10 @@ impl Source {
         if let Some(v) = self.env.get(name) {
             return Some(v.clone());
         }
-        let key = name.strip_prefix("AEGIS_").unwrap_or(name).to_ascii_lowercase();
+        let key = name
+            .strip_prefix("AEGIS_")
+            .unwrap_or(name)
+            .to_ascii_lowercase();
         self.file.get(&key).cloned()
     }
 
@@ -220,7 +223,8 @@ impl Settings {
         let src = Source { env, file };
 
         let keyring = match (
-            src.get("AEGIS_ENCRYPTION_KEY").filter(|v| !v.trim().is_empty()),
+            src.get("AEGIS_ENCRYPTION_KEY")
+                .filter(|v| !v.trim().is_empty()),
             src.get("AEGIS_ENCRYPTION_KEY_FILE")
                 .filter(|v| !v.trim().is_empty()),
         ) {
@@ -307,7 +311,11 @@ impl Settings {
         let http_addr = match src.string("AEGIS_HTTP_ADDR", "127.0.0.1:0").as_str() {
             "off" | "none" => None,
             text => Some(text.parse().map_err(|_| {
-                invalid("AEGIS_HTTP_ADDR", text, "host:port such as 0.0.0.0:9090, or off")
+                invalid(
+                    "AEGIS_HTTP_ADDR",
+                    text,
+                    "host:port such as 0.0.0.0:9090, or off",
+                )
             })?),
         };
 
@@ -338,7 +346,8 @@ impl Settings {
             std::process::id()
         );
         let lease = src.duration("AEGIS_LEASE", Duration::from_secs(30))?;
-        let heartbeat_interval = src.duration("AEGIS_HEARTBEAT_INTERVAL", Duration::from_secs(1))?;
+        let heartbeat_interval =
+            src.duration("AEGIS_HEARTBEAT_INTERVAL", Duration::from_secs(1))?;
         if heartbeat_interval.is_zero() || heartbeat_interval * 3 > lease {
             return Err(invalid(
                 "AEGIS_HEARTBEAT_INTERVAL",
@@ -348,7 +357,11 @@ impl Settings {
         }
         let max_attempts: u32 = src.parse("AEGIS_MAX_ATTEMPTS", 3, "a number of attempts >= 1")?;
         if max_attempts == 0 {
-            return Err(invalid("AEGIS_MAX_ATTEMPTS", "0", "a number of attempts >= 1"));
+            return Err(invalid(
+                "AEGIS_MAX_ATTEMPTS",
+                "0",
+                "a number of attempts >= 1",
+            ));
         }
 
         Ok(Settings {
@@ -378,7 +391,8 @@ impl Settings {
                 max_attempts,
                 dispatch_batch: src.parse("AEGIS_DISPATCH_BATCH", 500, "a number of rows")?,
                 dispatch_window: src.parse("AEGIS_DISPATCH_WINDOW", 2000, "a number of rows")?,
-                idle_log_interval: src.duration("AEGIS_IDLE_LOG_INTERVAL", Duration::from_secs(60))?,
+                idle_log_interval: src
+                    .duration("AEGIS_IDLE_LOG_INTERVAL", Duration::from_secs(60))?,
             },
             worker: WorkerSettings {
                 concurrency,
@@ -406,10 +420,12 @@ fn read_file(path: PathBuf) -> Result<HashMap<String, String>, ConfigError> {
         path: path.clone(),
         reason: e.to_string(),
     })?;
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::File {
-        path: path.clone(),
-        reason: e.to_string(),
-    })?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigError::File {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
     let mut out = HashMap::new();
     for (key, value) in table {
         let text = match value {
@@ -419,7 +435,11 @@ fn read_file(path: PathBuf) -> Result<HashMap<String, String>, ConfigError> {
             toml::Value::Boolean(b) => b.to_string(),
             toml::Value::Array(items) => items
                 .iter()
-                .map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string())
+                })
                 .collect::<Vec<_>>()
                 .join(","),
             other => {
@@ -467,8 +487,8 @@ mod tests {
             .expect_err("must fail");
         assert!(err.to_string().contains("AEGIS_DATABASE_URL"));
 
-        let err = Settings::from_vars(vars(&[("AEGIS_POLL_INTERVAL", "soon")]))
-            .expect_err("must fail");
+        let err =
+            Settings::from_vars(vars(&[("AEGIS_POLL_INTERVAL", "soon")])).expect_err("must fail");
         assert!(err.to_string().contains("AEGIS_POLL_INTERVAL"));
     }
 

@@ -115,15 +115,19 @@ pub struct MigrateReport {
 /// Creates the database if it is missing and applies the migrations this build
 /// has not applied yet. Idempotent; refuses a database migrated by a newer build.
 pub async fn migrate(url: &str) -> Result<MigrateReport, DbError> {
-    let created_database = if MySql::database_exists(url).await.map_err(|source| DbError::Connect {
-        url: redact_url(url),
-        source,
-    })? {
-        false
-    } else {
-        MySql::create_database(url).await?;
-        true
-    };
+    let created_database =
+        if MySql::database_exists(url)
+            .await
+            .map_err(|source| DbError::Connect {
+                url: redact_url(url),
+                source,
+            })?
+        {
+            false
+        } else {
+            MySql::create_database(url).await?;
+            true
+        };
     let pool = connect(url, 2).await?;
     let before = applied_versions(&pool).await?;
     let known: HashSet<i64> = MIGRATOR.iter().map(|m| m.version).collect();
@@ -159,6 +163,9 @@ mod tests {
             redact_url("mysql://aegis:s3cret@db:3306/aegis"),
             "mysql://aegis:***@db:3306/aegis"
         );
-        assert_eq!(redact_url("mysql://root@127.0.0.1/aegis"), "mysql://root@127.0.0.1/aegis");
+        assert_eq!(
+            redact_url("mysql://root@127.0.0.1/aegis"),
+            "mysql://root@127.0.0.1/aegis"
+        );
     }
 }

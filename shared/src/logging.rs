@@ -23,8 +23,8 @@ use std::fmt::{self, Write as _};
 use std::io::IsTerminal;
 
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::WithExportConfig;
 use opentelemetry::KeyValue;
+use opentelemetry_otlp::WithExportConfig;
 use sqlx::MySqlPool;
 use tokio::sync::mpsc;
 use tracing::field::{Field, Visit};
@@ -86,7 +86,12 @@ impl<S> Layer<S> for JobContextLayer
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    fn on_new_span(&self, attrs: &tracing::span::Attributes<'_>, id: &tracing::span::Id, ctx: Context<'_, S>) {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: Context<'_, S>,
+    ) {
         if attrs.metadata().name() != "job" {
             return;
         }
@@ -97,7 +102,12 @@ where
         }
     }
 
-    fn on_record(&self, id: &tracing::span::Id, values: &tracing::span::Record<'_>, ctx: Context<'_, S>) {
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        ctx: Context<'_, S>,
+    ) {
         if let Some(span) = ctx.span(id) {
             let mut ext = span.extensions_mut();
             if let Some(jc) = ext.get_mut::<JobContext>() {
@@ -227,7 +237,12 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
         let fields = EventFields::of(event);
         let job = job_context(ctx);
         let now = chrono::Utc::now();
@@ -235,12 +250,23 @@ where
         match self.format {
             LogFormat::Text => {
                 let mut line = String::with_capacity(160);
-                render_line(&mut line, now, level, writer.has_ansi_escapes(), job.as_ref(), &fields);
+                render_line(
+                    &mut line,
+                    now,
+                    level,
+                    writer.has_ansi_escapes(),
+                    job.as_ref(),
+                    &fields,
+                );
                 writeln!(writer, "{line}")
             }
             LogFormat::Json => {
                 let mut obj = serde_json::Map::new();
-                obj.insert("time".into(), now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true).into());
+                obj.insert(
+                    "time".into(),
+                    now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                        .into(),
+                );
                 obj.insert("level".into(), level_word(level).into());
                 if let Some(jc) = job {
                     obj.insert("job".into(), jc.job.into());
@@ -287,9 +313,11 @@ where
             return;
         }
         let job_id = ctx.event_scope(event).and_then(|scope| {
-            scope
-                .into_iter()
-                .find_map(|span| span.extensions().get::<JobContext>().map(|jc| jc.job_id.clone()))
+            scope.into_iter().find_map(|span| {
+                span.extensions()
+                    .get::<JobContext>()
+                    .map(|jc| jc.job_id.clone())
+            })
         });
         let fields = EventFields::of(event);
         let row = LogRow {
@@ -366,11 +394,15 @@ pub fn init(settings: &Settings, service_name: &str) -> Result<Telemetry, String
         LogColor::Auto => std::io::stdout().is_terminal() && settings.log_format == LogFormat::Text,
     };
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new("info,sqlx=warn,lapin=warn,h2=warn,hyper=warn,reqwest=warn"))
+        .or_else(|_| {
+            EnvFilter::try_new("info,sqlx=warn,lapin=warn,h2=warn,hyper=warn,reqwest=warn")
+        })
         .map_err(|e| format!("RUST_LOG: {e}"))?;
     let fmt_layer = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
-        .event_format(AegisFormat { format: settings.log_format });
+        .event_format(AegisFormat {
+            format: settings.log_format,
+        });
 
     let (logs_layer, logs_rx) = if settings.log_to_db {
         let (tx, rx) = mpsc::channel(10_000);
@@ -379,14 +411,18 @@ pub fn init(settings: &Settings, service_name: &str) -> Result<Telemetry, String
         (None, None)
     };
 
-    opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
     let provider = match &settings.otlp_endpoint {
         Some(endpoint) => {
             let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
                 .build()
-                .map_err(|e| format!("OTEL_EXPORTER_OTLP_ENDPOINT: cannot build the OTLP exporter: {e}"))?;
+                .map_err(|e| {
+                    format!("OTEL_EXPORTER_OTLP_ENDPOINT: cannot build the OTLP exporter: {e}")
+                })?;
             let provider = opentelemetry_sdk::trace::TracerProvider::builder()
                 .with_batch_exporter(exporter, opentelemetry_sdk::runtime::Tokio)
                 .with_resource(opentelemetry_sdk::Resource::new([KeyValue::new(
@@ -420,7 +456,10 @@ mod tests {
 
     #[test]
     fn job_lines_have_the_original_shape() {
-        let t = chrono::Utc.with_ymd_and_hms(2020, 4, 21, 17, 18, 30).single().expect("valid");
+        let t = chrono::Utc
+            .with_ymd_and_hms(2020, 4, 21, 17, 18, 30)
+            .single()
+            .expect("valid");
         let jc = JobContext {
             job: "TicketingJob".into(),
             org: "NORTON".into(),
@@ -440,7 +479,10 @@ mod tests {
 
     #[test]
     fn errors_are_appended_and_colour_only_when_asked() {
-        let t = chrono::Utc.with_ymd_and_hms(2020, 4, 21, 17, 18, 30).single().expect("valid");
+        let t = chrono::Utc
+            .with_ymd_and_hms(2020, 4, 21, 17, 18, 30)
+            .single()
+            .expect("valid");
         let fields = EventFields {
             message: "Job Runner: Error while retrieving job queue".into(),
             error: Some("connection refused".into()),

@@ -27,8 +27,11 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(metric: T) -> T {
 /// Log lines the `Logs` table writer could not keep up with.
 pub static LOG_LINES_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
     register(
-        IntCounter::new("aegis_log_lines_dropped_total", "Log lines not written to the Logs table because its writer fell behind")
-            .unwrap_or_else(|_| unreachable_counter()),
+        IntCounter::new(
+            "aegis_log_lines_dropped_total",
+            "Log lines not written to the Logs table because its writer fell behind",
+        )
+        .unwrap_or_else(|_| unreachable_counter()),
     )
 });
 
@@ -42,7 +45,8 @@ pub fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
 }
 
 fn unreachable_counter() -> IntCounter {
-    IntCounter::new("aegis_invalid_metric", "invalid metric definition").unwrap_or_else(|_| panic!("invalid metric"))
+    IntCounter::new("aegis_invalid_metric", "invalid metric definition")
+        .unwrap_or_else(|_| panic!("invalid metric"))
 }
 
 /// Prometheus text exposition of every registered metric.
@@ -95,7 +99,12 @@ pub async fn serve(addr: SocketAddr, readiness: Readiness) -> std::io::Result<So
 }
 
 /// Histogram family helper (buckets in seconds).
-pub fn histogram_vec(name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> prometheus::HistogramVec {
+pub fn histogram_vec(
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> prometheus::HistogramVec {
     let opts = prometheus::HistogramOpts::new(name, help).buckets(buckets);
     match prometheus::HistogramVec::new(opts, labels) {
         Ok(h) => register(h),

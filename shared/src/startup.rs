@@ -22,7 +22,9 @@ pub async fn start(service: &str) -> anyhow::Result<Started> {
     let settings = Settings::from_env()?;
     let mut telemetry = logging::init(&settings, service).map_err(anyhow::Error::msg)?;
     let pool = db::connect(&settings.database_url, settings.database_max_connections).await?;
-    db::check_schema(&pool).await.context("checking the database schema")?;
+    db::check_schema(&pool)
+        .await
+        .context("checking the database schema")?;
     telemetry.attach_database(pool.clone());
     if settings.keyring.is_none() {
         let sealed = source_config::count_sealed(&pool).await?;
@@ -33,7 +35,11 @@ pub async fn start(service: &str) -> anyhow::Result<Started> {
             );
         }
     }
-    Ok(Started { settings, pool, telemetry })
+    Ok(Started {
+        settings,
+        pool,
+        telemetry,
+    })
 }
 
 /// Resolves when the process receives SIGTERM or Ctrl-C.

@@ -71,7 +71,9 @@ impl Fleet {
     pub async fn new() -> anyhow::Result<Self> {
         let db = TestDb::create().await?;
         let namespace = unique_name("t");
-        let log_dir = std::env::temp_dir().join("aegis-test-logs").join(&namespace);
+        let log_dir = std::env::temp_dir()
+            .join("aegis-test-logs")
+            .join(&namespace);
         std::fs::create_dir_all(&log_dir)?;
         let env: HashMap<String, String> = [
             ("AEGIS_DATABASE_URL", db.url.as_str()),
@@ -91,7 +93,13 @@ impl Fleet {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        Ok(Fleet { db, namespace, env, processes: Vec::new(), log_dir })
+        Ok(Fleet {
+            db,
+            namespace,
+            env,
+            processes: Vec::new(),
+            log_dir,
+        })
     }
 
     pub fn pool(&self) -> &sqlx::MySqlPool {
@@ -101,7 +109,11 @@ impl Fleet {
     /// Starts a binary with the fleet's environment plus `extra`.
     pub fn spawn(&mut self, bin: &str, extra: &[(&str, &str)]) -> anyhow::Result<usize> {
         let path = binary(bin);
-        anyhow::ensure!(path.exists(), "{} is missing: run `cargo build --workspace --bins` before the tests", path.display());
+        anyhow::ensure!(
+            path.exists(),
+            "{} is missing: run `cargo build --workspace --bins` before the tests",
+            path.display()
+        );
         let name = format!("{bin}-{}", self.processes.len());
         let log = self.log_dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log)?;
@@ -115,8 +127,12 @@ impl Fleet {
         for (k, v) in extra {
             cmd.env(k, v);
         }
-        cmd.stdout(Stdio::from(file.try_clone()?)).stderr(Stdio::from(file)).kill_on_drop(true);
-        let child = cmd.spawn().with_context(|| format!("starting {}", path.display()))?;
+        cmd.stdout(Stdio::from(file.try_clone()?))
+            .stderr(Stdio::from(file))
+            .kill_on_drop(true);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", path.display()))?;
         self.processes.push(Process { child, log, name });
         Ok(self.processes.len() - 1)
     }
@@ -145,21 +161,32 @@ impl Fleet {
     }
 
     pub async fn status(&self, id: &str) -> anyhow::Result<i32> {
-        let (s,): (i32,) = sqlx::query_as("SELECT StatusId FROM JobHistory WHERE ID = ?").bind(id).fetch_one(self.pool()).await?;
+        let (s,): (i32,) = sqlx::query_as("SELECT StatusId FROM JobHistory WHERE ID = ?")
+            .bind(id)
+            .fetch_one(self.pool())
+            .await?;
         Ok(s)
     }
 
     /// Waits until the row has `status`.
-    pub async fn wait_status(&self, id: &str, status: i32, timeout: Duration) -> anyhow::Result<()> {
-        let result = eventually(&format!("JobHistory {id} to reach status {status}"), timeout, || async {
-            Ok((self.status(id).await? == status).then_some(()))
-        })
+    pub async fn wait_status(
+        &self,
+        id: &str,
+        status: i32,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let result = eventually(
+            &format!("JobHistory {id} to reach status {status}"),
+            timeout,
+            || async { Ok((self.status(id).await? == status).then_some(())) },
+        )
         .await;
         if result.is_err() {
-            let row: Option<(i32, Option<String>, i32)> = sqlx::query_as("SELECT StatusId, LastError, Attempt FROM JobHistory WHERE ID = ?")
-                .bind(id)
-                .fetch_optional(self.pool())
-                .await?;
+            let row: Option<(i32, Option<String>, i32)> =
+                sqlx::query_as("SELECT StatusId, LastError, Attempt FROM JobHistory WHERE ID = ?")
+                    .bind(id)
+                    .fetch_optional(self.pool())
+                    .await?;
             anyhow::bail!("JobHistory {id} did not reach status {status} within {timeout:?}; it is {row:?}\n{}", self.logs());
         }
         Ok(())
@@ -167,7 +194,11 @@ impl Fleet {
 
     /// Every process's output, for failure messages.
     pub fn logs(&self) -> String {
-        self.processes.iter().map(|p| format!("----- {} -----\n{}", p.name, p.output())).collect::<Vec<_>>().join("\n")
+        self.processes
+            .iter()
+            .map(|p| format!("----- {} -----\n{}", p.name, p.output()))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// The settings the fleet's processes use (for topology names).
@@ -181,9 +212,16 @@ impl Drop for Fleet {
         for p in &mut self.processes {
             let _ = p.child.start_kill();
         }
-        let Ok(settings) = self.settings() else { return };
+        let Ok(settings) = self.settings() else {
+            return;
+        };
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
             rt.block_on(async move {
                 let _ = delete_namespace(&settings).await;
             });
@@ -195,7 +233,8 @@ impl Drop for Fleet {
 /// Deletes the queues and exchanges of a test namespace.
 pub async fn delete_namespace(settings: &Settings) -> anyhow::Result<()> {
     let t = Topology::new(settings);
-    let conn = aegis_shared::services::connect_amqp(&settings.amqp_url, "aegis-tests-cleanup").await?;
+    let conn =
+        aegis_shared::services::connect_amqp(&settings.amqp_url, "aegis-tests-cleanup").await?;
     let ch = conn.create_channel().await?;
     let mut queues: Vec<String> = JOB_NAMES.iter().map(|j| t.job_queue(j)).collect();
     queues.push(t.submit_queue.clone());
@@ -203,8 +242,14 @@ pub async fn delete_namespace(settings: &Settings) -> anyhow::Result<()> {
     for q in queues {
         let _ = ch.queue_delete(&q, QueueDeleteOptions::default()).await;
     }
-    for e in [&t.jobs_exchange, &t.submit_exchange, &t.dead_letter_exchange] {
-        let _ = ch.exchange_delete(e, ExchangeDeleteOptions::default()).await;
+    for e in [
+        &t.jobs_exchange,
+        &t.submit_exchange,
+        &t.dead_letter_exchange,
+    ] {
+        let _ = ch
+            .exchange_delete(e, ExchangeDeleteOptions::default())
+            .await;
     }
     let _ = conn.close(200, "cleanup").await;
     Ok(())

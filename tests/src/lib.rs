@@ -13,12 +13,16 @@ use sqlx::MySqlPool;
 
 /// The MariaDB server tests run against (`AEGIS_TEST_DATABASE_SERVER`, default loopback root).
 pub fn server_url() -> String {
-    std::env::var("AEGIS_TEST_DATABASE_SERVER").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
+    std::env::var("AEGIS_TEST_DATABASE_SERVER")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
 }
 
 /// A unique short name for this test's database, queues and Redis keys.
 pub fn unique_name(prefix: &str) -> String {
-    format!("{prefix}_{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+    format!(
+        "{prefix}_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
 }
 
 /// A migrated database that exists for one test and is dropped afterwards.
@@ -37,12 +41,18 @@ impl TestDb {
     /// Creates and migrates a database with the given name (dropped first if it exists).
     pub async fn create_named(name: &str) -> anyhow::Result<Self> {
         let admin = db::connect(&format!("{}/mysql", server_url()), 1).await?;
-        sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`")).execute(&admin).await?;
+        sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`"))
+            .execute(&admin)
+            .await?;
         admin.close().await;
         let url = format!("{}/{}", server_url(), name);
         db::migrate(&url).await?;
         let pool = db::connect(&url, 8).await?;
-        Ok(TestDb { name: name.to_string(), url, pool })
+        Ok(TestDb {
+            name: name.to_string(),
+            url,
+            pool,
+        })
     }
 }
 
@@ -55,10 +65,17 @@ impl Drop for TestDb {
         let name = self.name.clone();
         // Drop runs outside async context; use a short-lived runtime on a thread.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
             rt.block_on(async move {
                 if let Ok(admin) = db::connect(&format!("{}/mysql", server_url()), 1).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`")).execute(&admin).await;
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`"))
+                        .execute(&admin)
+                        .await;
                     admin.close().await;
                 }
             });
@@ -90,6 +107,10 @@ pub fn binary(name: &str) -> PathBuf {
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
     target.join(profile).join(name)
 }

@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use aegis_shared::broker::{header_string, SubmissionReply, Topology, ERROR_HEADER};
 use aegis_shared::services;
-use aegis_tests::fleet::Fleet;
 use aegis_tests::eventually;
+use aegis_tests::fleet::Fleet;
 use futures::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
 
@@ -32,12 +34,34 @@ impl Client {
         let topology = Topology::new(&settings);
         topology.declare(&channel).await?;
         let q = channel
-            .queue_declare("", QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, FieldTable::default())
+            .queue_declare(
+                "",
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
             .await?;
         let replies = channel
-            .basic_consume(q.name().as_str(), "test", BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
+            .basic_consume(
+                q.name().as_str(),
+                "test",
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
             .await?;
-        Ok(Client { channel, topology, replies, reply_queue: q.name().to_string(), _conn: conn })
+        Ok(Client {
+            channel,
+            topology,
+            replies,
+            reply_queue: q.name().to_string(),
+            _conn: conn,
+        })
     }
 
     /// Publishes a raw body the way any AMQP client would, and waits for the reply.
@@ -47,19 +71,46 @@ impl Client {
             .with_reply_to(self.reply_queue.clone().into())
             .with_correlation_id(correlation.clone().into());
         self.channel
-            .basic_publish(&self.topology.submit_exchange, "submit", BasicPublishOptions::default(), body, props)
+            .basic_publish(
+                &self.topology.submit_exchange,
+                "submit",
+                BasicPublishOptions::default(),
+                body,
+                props,
+            )
             .await?;
-        let reply = tokio::time::timeout(T, self.replies.next()).await?.ok_or_else(|| anyhow::anyhow!("reply queue closed"))??;
-        assert_eq!(reply.properties.correlation_id().as_ref().map(|c| c.to_string()), Some(correlation));
+        let reply = tokio::time::timeout(T, self.replies.next())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("reply queue closed"))??;
+        assert_eq!(
+            reply
+                .properties
+                .correlation_id()
+                .as_ref()
+                .map(|c| c.to_string()),
+            Some(correlation)
+        );
         Ok(serde_json::from_slice(&reply.data)?)
     }
 
     /// The next dead-lettered message's reason and body.
     async fn dead_letter(&self) -> anyhow::Result<(String, Vec<u8>)> {
         eventually("a dead-lettered message", T, || async {
-            let got = self.channel.basic_get(&self.topology.dead_letter_queue, BasicGetOptions { no_ack: true }).await?;
+            let got = self
+                .channel
+                .basic_get(
+                    &self.topology.dead_letter_queue,
+                    BasicGetOptions { no_ack: true },
+                )
+                .await?;
             Ok(got.map(|m| {
-                let reason = m.delivery.properties.headers().as_ref().and_then(|h| header_string(h, ERROR_HEADER)).unwrap_or_default();
+                let reason = m
+                    .delivery
+                    .properties
+                    .headers()
+                    .as_ref()
+                    .and_then(|h| header_string(h, ERROR_HEADER))
+                    .unwrap_or_default();
                 (reason, m.delivery.data.clone())
             }))
         })
@@ -77,28 +128,50 @@ async fn submission_creates_a_row_that_runs_and_replies_with_its_id() -> anyhow:
     assert_eq!(reply.status, "created", "{reply:?}");
     let id = reply.id.expect("an ID");
     f.wait_status(&id, 3, T).await?;
-    let (created_by, priority): (Option<String>, i32) = sqlx::query_as("SELECT CreatedBy, Priority FROM JobHistory WHERE ID = ?").bind(&id).fetch_one(f.pool()).await?;
+    let (created_by, priority): (Option<String>, i32) =
+        sqlx::query_as("SELECT CreatedBy, Priority FROM JobHistory WHERE ID = ?")
+            .bind(&id)
+            .fetch_one(f.pool())
+            .await?;
     assert_eq!((created_by.as_deref(), priority), (Some("QUEUE"), 1));
 
     // Same idempotency key: the first row's ID, and no second row.
     let again = c.submit(br#"{"job": "DiagnosticJob", "payload": {"record": true}, "idempotency_key": "demo-42"}"#).await?;
-    assert_eq!((again.status.as_str(), again.id.as_deref()), ("duplicate", Some(id.as_str())));
-    let (rows,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM JobHistory").fetch_one(f.pool()).await?;
+    assert_eq!(
+        (again.status.as_str(), again.id.as_deref()),
+        ("duplicate", Some(id.as_str()))
+    );
+    let (rows,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM JobHistory")
+        .fetch_one(f.pool())
+        .await?;
     assert_eq!(rows, 1);
 
     // The CLI's queue path says the same.
     let out = std::process::Command::new(aegis_tests::binary("aegis"))
-        .args(["job", "submit", "--queue", "--job", "DiagnosticJob", "--payload", "{}"])
+        .args([
+            "job",
+            "submit",
+            "--queue",
+            "--job",
+            "DiagnosticJob",
+            "--payload",
+            "{}",
+        ])
         .envs(&f.env)
         .output()?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let line = String::from_utf8(out.stdout)?;
     assert!(line.trim().ends_with("(created)"), "{line}");
     Ok(())
 }
 
 #[tokio::test]
-async fn malformed_submissions_and_job_messages_go_to_the_dead_letter_queue_with_a_reason() -> anyhow::Result<()> {
+async fn malformed_submissions_and_job_messages_go_to_the_dead_letter_queue_with_a_reason(
+) -> anyhow::Result<()> {
     let mut f = Fleet::new().await?;
     f.coordinator()?;
     f.worker()?;
@@ -112,13 +185,23 @@ async fn malformed_submissions_and_job_messages_go_to_the_dead_letter_queue_with
 
     let reply = c.submit(br#"{"job": "NoSuchJob"}"#).await?;
     assert_eq!(reply.status, "rejected");
-    assert!(reply.error.as_deref().unwrap_or_default().contains("NoSuchJob"));
+    assert!(reply
+        .error
+        .as_deref()
+        .unwrap_or_default()
+        .contains("NoSuchJob"));
     let (reason, _) = c.dead_letter().await?;
     assert!(reason.contains("NoSuchJob"), "{reason}");
 
     // A broken message on a job queue: the worker dead-letters it and carries on.
     c.channel
-        .basic_publish(&c.topology.jobs_exchange, "DiagnosticJob", BasicPublishOptions::default(), b"{\"oops\":", BasicProperties::default())
+        .basic_publish(
+            &c.topology.jobs_exchange,
+            "DiagnosticJob",
+            BasicPublishOptions::default(),
+            b"{\"oops\":",
+            BasicProperties::default(),
+        )
         .await?;
     let (reason, _) = c.dead_letter().await?;
     assert!(reason.contains("not a job message"), "{reason}");

@@ -28,7 +28,9 @@ use aegis_shared::{job_span, services, Settings};
 use anyhow::Context;
 use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
 use sqlx::MySqlPool;
@@ -60,26 +62,41 @@ struct Shared {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let Started { settings, pool, mut telemetry } = startup::start("aegis-worker").await?;
+    let Started {
+        settings,
+        pool,
+        mut telemetry,
+    } = startup::start("aegis-worker").await?;
     // A job's panic is caught by the runner and recorded as ERROR; log it as one
     // line in the job's span instead of the default hook's stderr dump.
     std::panic::set_hook(Box::new(|info| {
-        let location = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
-        tracing::error!("Job Runner: panic{location}: {}", runner::panic_message(info.payload()));
+        let location = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        tracing::error!(
+            "Job Runner: panic{location}: {}",
+            runner::panic_message(info.payload())
+        );
     }));
     let jobs: Vec<String> = if settings.worker.jobs.is_empty() {
         JOB_NAMES.iter().map(|s| s.to_string()).collect()
     } else {
         for name in &settings.worker.jobs {
             if !JOB_NAMES.contains(&name.as_str()) {
-                anyhow::bail!("AEGIS_WORKER_JOBS: {name:?} is not a job name; expected some of {}", JOB_NAMES.join(", "));
+                anyhow::bail!(
+                    "AEGIS_WORKER_JOBS: {name:?} is not a job name; expected some of {}",
+                    JOB_NAMES.join(", ")
+                );
             }
         }
         settings.worker.jobs.clone()
     };
     let readiness = Readiness::default();
     if let Some(addr) = settings.http_addr {
-        let bound = metrics::serve(addr, readiness.clone()).await.with_context(|| format!("AEGIS_HTTP_ADDR: cannot listen on {addr}"))?;
+        let bound = metrics::serve(addr, readiness.clone())
+            .await
+            .with_context(|| format!("AEGIS_HTTP_ADDR: cannot listen on {addr}"))?;
         tracing::info!("Job Runner: metrics and health on http://{bound}/metrics");
     }
     let settings = Arc::new(settings);
@@ -106,7 +123,12 @@ async fn run() -> anyhow::Result<()> {
         });
     }
     let heartbeat_stop = CancellationToken::new();
-    let heartbeat = tokio::spawn(runner::heartbeat(pool.clone(), settings.clone(), shared.running.clone(), heartbeat_stop.clone()));
+    let heartbeat = tokio::spawn(runner::heartbeat(
+        pool.clone(),
+        settings.clone(),
+        shared.running.clone(),
+        heartbeat_stop.clone(),
+    ));
     let slots = Arc::new(Semaphore::new(settings.worker.concurrency as usize));
     let tracker = TaskTracker::new();
 
@@ -131,7 +153,10 @@ async fn run() -> anyhow::Result<()> {
                 }
             }
             Err(e) => {
-                tracing::error!(error = format!("{e:#}"), "Job Runner: cannot consume from RabbitMQ; retrying in {backoff:?}");
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "Job Runner: cannot consume from RabbitMQ; retrying in {backoff:?}"
+                );
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = shutdown.cancelled() => {}
@@ -145,11 +170,21 @@ async fn run() -> anyhow::Result<()> {
     readiness.set(false);
     tracker.close();
     let grace = settings.worker.shutdown_grace;
-    tracing::info!("Job Runner: shutting down; waiting up to {grace:?} for {} running job(s)", shared.running.len());
+    tracing::info!(
+        "Job Runner: shutting down; waiting up to {grace:?} for {} running job(s)",
+        shared.running.len()
+    );
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        tracing::warn!("Job Runner: grace period over; releasing {} job(s) to other workers", shared.running.len());
+        tracing::warn!(
+            "Job Runner: grace period over; releasing {} job(s) to other workers",
+            shared.running.len()
+        );
         shared.running.stop_all_for_shutdown();
-        let _ = tokio::time::timeout(runner::CANCEL_GRACE + Duration::from_secs(5), tracker.wait()).await;
+        let _ = tokio::time::timeout(
+            runner::CANCEL_GRACE + Duration::from_secs(5),
+            tracker.wait(),
+        )
+        .await;
     }
     heartbeat_stop.cancel();
     let _ = heartbeat.await;
@@ -163,19 +198,37 @@ async fn run() -> anyhow::Result<()> {
 
 type Consumers = futures::stream::SelectAll<lapin::Consumer>;
 
-async fn open_consumer(shared: &Shared, jobs: &[String]) -> anyhow::Result<(Connection, Channel, Consumers)> {
+async fn open_consumer(
+    shared: &Shared,
+    jobs: &[String],
+) -> anyhow::Result<(Connection, Channel, Consumers)> {
     let s = &shared.settings;
     let conn = services::connect_amqp(&s.amqp_url, &s.worker.worker_id).await?;
     let channel = conn.create_channel().await?;
-    shared.topology.declare(&channel).await.context("declaring the RabbitMQ topology")?;
+    shared
+        .topology
+        .declare(&channel)
+        .await
+        .context("declaring the RabbitMQ topology")?;
     // Prefetch shared by all this channel's consumers: at most `concurrency`
     // messages wait here unclaimed.
-    channel.basic_qos(s.worker.concurrency, BasicQosOptions { global: true }).await?;
+    channel
+        .basic_qos(s.worker.concurrency, BasicQosOptions { global: true })
+        .await?;
     let mut consumers = Vec::new();
     for job in jobs {
         let queue = shared.topology.job_queue(job);
         let tag = format!("{}:{}", s.worker.worker_id, job);
-        consumers.push(channel.basic_consume(&queue, &tag, BasicConsumeOptions::default(), FieldTable::default()).await?);
+        consumers.push(
+            channel
+                .basic_consume(
+                    &queue,
+                    &tag,
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?,
+        );
     }
     Ok((conn, channel, futures::stream::select_all(consumers)))
 }
@@ -218,11 +271,22 @@ async fn consume(
 
 /// Claims the row a message names and runs it; drops messages whose row is not
 /// dispatchable; dead-letters messages that cannot be parsed.
-async fn handle_delivery(shared: Arc<Shared>, channel: Channel, delivery: Delivery, _slot: OwnedSemaphorePermit) {
+async fn handle_delivery(
+    shared: Arc<Shared>,
+    channel: Channel,
+    delivery: Delivery,
+    _slot: OwnedSemaphorePermit,
+) {
     let message: JobMessage = match serde_json::from_slice(&delivery.data) {
         Ok(m) => m,
         Err(e) => {
-            dead_letter(&shared.topology, &channel, &delivery, format!("not a job message: {e}")).await;
+            dead_letter(
+                &shared.topology,
+                &channel,
+                &delivery,
+                format!("not a job message: {e}"),
+            )
+            .await;
             return;
         }
     };
@@ -247,13 +311,23 @@ async fn handle_delivery(shared: Arc<Shared>, channel: Channel, delivery: Delive
             .await;
         }
         Ok(None) => {
-            span.in_scope(|| tracing::debug!("Job Runner: job [{}] is no longer dispatchable; dropping its message", message.job_history_id));
+            span.in_scope(|| {
+                tracing::debug!(
+                    "Job Runner: job [{}] is no longer dispatchable; dropping its message",
+                    message.job_history_id
+                )
+            });
             let _ = delivery.ack(BasicAckOptions::default()).await;
         }
         Err(e) => {
             span.in_scope(|| tracing::warn!(error = %e, "Job Runner: could not claim the job; it will be redelivered"));
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+            let _ = delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await;
         }
     }
 }
@@ -262,16 +336,38 @@ async fn handle_delivery(shared: Arc<Shared>, channel: Channel, delivery: Delive
 async fn dead_letter(topology: &Topology, channel: &Channel, delivery: &Delivery, reason: String) {
     tracing::error!(error = %reason, "Job Runner: moving a broken job message to the dead-letter queue");
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-    headers.insert(broker::ERROR_HEADER.into(), AMQPValue::LongString(reason.into()));
-    headers.insert("x-aegis-source-queue".into(), AMQPValue::LongString(delivery.routing_key.to_string().into()));
-    let props = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
-    match channel.basic_publish(&topology.dead_letter_exchange, "", BasicPublishOptions::default(), &delivery.data, props).await {
+    headers.insert(
+        broker::ERROR_HEADER.into(),
+        AMQPValue::LongString(reason.into()),
+    );
+    headers.insert(
+        "x-aegis-source-queue".into(),
+        AMQPValue::LongString(delivery.routing_key.to_string().into()),
+    );
+    let props = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_headers(headers);
+    match channel
+        .basic_publish(
+            &topology.dead_letter_exchange,
+            "",
+            BasicPublishOptions::default(),
+            &delivery.data,
+            props,
+        )
+        .await
+    {
         Ok(_) => {
             let _ = delivery.ack(BasicAckOptions::default()).await;
         }
         Err(e) => {
             tracing::error!(error = %e, "Job Runner: could not dead-letter a message; rejecting it to the queue's dead-letter exchange");
-            let _ = delivery.nack(BasicNackOptions { requeue: false, ..Default::default() }).await;
+            let _ = delivery
+                .nack(BasicNackOptions {
+                    requeue: false,
+                    ..Default::default()
+                })
+                .await;
         }
     }
 }

@@ -29,7 +29,11 @@ use crate::jobs::{JobContext, JobError, Registry};
 pub const CANCEL_GRACE: Duration = Duration::from_secs(2);
 
 pub static COMPLETED: LazyLock<prometheus::IntCounterVec> = LazyLock::new(|| {
-    aegis_shared::metrics::counter_vec("aegis_jobs_finished_total", "Job runs finished, by job and status", &["job", "status"])
+    aegis_shared::metrics::counter_vec(
+        "aegis_jobs_finished_total",
+        "Job runs finished, by job and status",
+        &["job", "status"],
+    )
 });
 pub static DURATION: LazyLock<prometheus::HistogramVec> = LazyLock::new(|| {
     aegis_shared::metrics::histogram_vec(
@@ -67,7 +71,10 @@ impl RunningJobs {
         }
     }
     pub fn ids(&self) -> Vec<String> {
-        self.0.lock().map(|m| m.keys().cloned().collect()).unwrap_or_default()
+        self.0
+            .lock()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
     }
     pub fn len(&self) -> usize {
         self.0.lock().map(|m| m.len()).unwrap_or(0)
@@ -76,7 +83,9 @@ impl RunningJobs {
     fn stop(&self, id: &str, reason: u8) {
         if let Ok(m) = self.0.lock() {
             if let Some(r) = m.get(id) {
-                let _ = r.stop.compare_exchange(STOP_NONE, reason, Ordering::SeqCst, Ordering::SeqCst);
+                let _ =
+                    r.stop
+                        .compare_exchange(STOP_NONE, reason, Ordering::SeqCst, Ordering::SeqCst);
                 r.cancel.cancel();
             }
         }
@@ -95,7 +104,12 @@ impl RunningJobs {
 }
 
 /// Extends the leases of running jobs and notices cancel requests, forever.
-pub async fn heartbeat(pool: MySqlPool, settings: Arc<Settings>, running: RunningJobs, stop: CancellationToken) {
+pub async fn heartbeat(
+    pool: MySqlPool,
+    settings: Arc<Settings>,
+    running: RunningJobs,
+    stop: CancellationToken,
+) {
     let w = &settings.worker;
     let mut last_ok = Instant::now();
     let mut failing = false;
@@ -176,11 +190,15 @@ async fn load_context(
         for (ids, into) in [(ins, &mut sources_in), (outs, &mut sources_out)] {
             for id in ids {
                 let sc = source_config::by_id(pool, &id).await.map_err(|e| match e {
-                    ModelError::NotFound { .. } => JobError::Config(format!("no source config found for [{id}]")),
+                    ModelError::NotFound { .. } => {
+                        JobError::Config(format!("no source config found for [{id}]"))
+                    }
                     other => other.into(),
                 })?;
                 if !sc.active {
-                    return Err(JobError::Config(format!("source config [{id}] is inactive")));
+                    return Err(JobError::Config(format!(
+                        "source config [{id}] is inactive"
+                    )));
                 }
                 into.push(sc);
             }
@@ -268,7 +286,9 @@ pub async fn run_claimed(
 
     let reason = stop.load(Ordering::SeqCst);
     let outcome = match (reason, outcome) {
-        (STOP_LEASE_LOST, _) => Outcome::Failed("the worker lost the job's lease (database unreachable or row reaped)".into()),
+        (STOP_LEASE_LOST, _) => Outcome::Failed(
+            "the worker lost the job's lease (database unreachable or row reaped)".into(),
+        ),
         (_, o) => o,
     };
     let recorded = if reason == STOP_SHUTDOWN {
@@ -287,7 +307,9 @@ pub async fn run_claimed(
             }
         }
     };
-    DURATION.with_label_values(&[&job_name]).observe(started.elapsed().as_secs_f64());
+    DURATION
+        .with_label_values(&[&job_name])
+        .observe(started.elapsed().as_secs_f64());
     span.in_scope(|| match (&outcome, recorded) {
         (_, Some(Finished::NotOwner)) => tracing::warn!("Job Runner: the row was no longer ours; nothing recorded"),
         (Outcome::Completed, Some(Finished::Rearmed)) => tracing::info!("Job iteration completed; waiting for the next one"),

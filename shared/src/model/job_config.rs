@@ -163,16 +163,25 @@ pub async fn create(
     created_by: &str,
 ) -> Result<String, ModelError> {
     if new.wait_in_seconds < 0 {
-        return Err(ModelError::invalid(format!("{} wait", new.job_name), "must be >= 0 seconds"));
+        return Err(ModelError::invalid(
+            format!("{} wait", new.job_name),
+            "must be >= 0 seconds",
+        ));
     }
     if new.max_instances < 0 {
-        return Err(ModelError::invalid(format!("{} max instances", new.job_name), "must be >= 0 (0 = unlimited)"));
+        return Err(ModelError::invalid(
+            format!("{} max instances", new.job_name),
+            "must be >= 0 (0 = unlimited)",
+        ));
     }
     let job_id = sqlx::query_as::<_, (i32,)>("SELECT Id FROM Job WHERE Struct = ?")
         .bind(&new.job_name)
         .fetch_optional(&mut **tx)
         .await?
-        .ok_or_else(|| ModelError::NotFound { what: "job type", key: new.job_name.clone() })?
+        .ok_or_else(|| ModelError::NotFound {
+            what: "job type",
+            key: new.job_name.clone(),
+        })?
         .0;
     for sc in new.data_in.iter().chain(new.data_out.iter()) {
         let found: Option<(String,)> =
@@ -182,7 +191,10 @@ pub async fn create(
                 .fetch_optional(&mut **tx)
                 .await?;
         if found.is_none() {
-            return Err(ModelError::NotFound { what: "source config of this organization", key: sc.clone() });
+            return Err(ModelError::NotFound {
+                what: "source config of this organization",
+                key: sc.clone(),
+            });
         }
     }
     let id = uuid::Uuid::new_v4().to_string();
@@ -217,22 +229,29 @@ pub async fn by_id(pool: &MySqlPool, id: &str) -> Result<JobConfig, ModelError> 
         .bind(id)
         .fetch_optional(pool)
         .await?
-        .ok_or_else(|| ModelError::NotFound { what: "job config", key: id.to_string() })
+        .ok_or_else(|| ModelError::NotFound {
+            what: "job config",
+            key: id.to_string(),
+        })
 }
 
 /// Job configs of one organization (all when `org_id` is `None`).
 pub async fn list(pool: &MySqlPool, org_id: Option<&str>) -> Result<Vec<JobConfig>, ModelError> {
     Ok(match org_id {
         Some(org) => {
-            sqlx::query_as::<_, JobConfig>(&format!("{SELECT} WHERE jc.OrganizationID = ? ORDER BY jc.JobId, jc.CreatedDate"))
-                .bind(org)
-                .fetch_all(pool)
-                .await?
+            sqlx::query_as::<_, JobConfig>(&format!(
+                "{SELECT} WHERE jc.OrganizationID = ? ORDER BY jc.JobId, jc.CreatedDate"
+            ))
+            .bind(org)
+            .fetch_all(pool)
+            .await?
         }
         None => {
-            sqlx::query_as::<_, JobConfig>(&format!("{SELECT} ORDER BY jc.OrganizationID, jc.JobId, jc.CreatedDate"))
-                .fetch_all(pool)
-                .await?
+            sqlx::query_as::<_, JobConfig>(&format!(
+                "{SELECT} ORDER BY jc.OrganizationID, jc.JobId, jc.CreatedDate"
+            ))
+            .fetch_all(pool)
+            .await?
         }
     })
 }
@@ -255,16 +274,31 @@ mod tests {
         };
         let d = installer_defaults(&o);
         assert_eq!(d.len(), 13);
-        let auto: Vec<_> = d.iter().filter(|c| c.auto_start).map(|c| (c.job_name.as_str(), c.wait_in_seconds)).collect();
+        let auto: Vec<_> = d
+            .iter()
+            .filter(|c| c.auto_start)
+            .map(|c| (c.job_name.as_str(), c.wait_in_seconds))
+            .collect();
         assert_eq!(
             auto,
-            vec![("RescanQueueJob", 60), ("RescanQueueJob", 60), ("ScanSyncJob", 120), ("ExceptionJob", 60)]
+            vec![
+                ("RescanQueueJob", 60),
+                ("RescanQueueJob", 60),
+                ("ScanSyncJob", 120),
+                ("ExceptionJob", 60)
+            ]
         );
-        let ticketing = d.iter().find(|c| c.job_name == "TicketingJob").expect("present");
+        let ticketing = d
+            .iter()
+            .find(|c| c.job_name == "TicketingJob")
+            .expect("present");
         assert_eq!(ticketing.data_in, vec!["S"]);
         assert_eq!(ticketing.data_out, vec!["T"]);
         assert_eq!(ticketing.payload["mindate"], "2026-01-01T00:00:00Z");
-        let asset = d.iter().find(|c| c.job_name == "AssetSyncJob").expect("present");
+        let asset = d
+            .iter()
+            .find(|c| c.job_name == "AssetSyncJob")
+            .expect("present");
         assert_eq!(asset.payload["groups"], json!(["101"]));
         assert_eq!(asset.max_instances, 0);
         assert_eq!(split_ids(Some(" a, b,,c ")), vec!["a", "b", "c"]);

@@ -97,7 +97,10 @@ pub async fn by_id(pool: &MySqlPool, id: &str) -> Result<JobHistory, ModelError>
         .bind(id)
         .fetch_optional(pool)
         .await?
-        .ok_or_else(|| ModelError::NotFound { what: "JobHistory row", key: id.to_string() })
+        .ok_or_else(|| ModelError::NotFound {
+            what: "JobHistory row",
+            key: id.to_string(),
+        })
 }
 
 /// Recent rows, newest first, optionally filtered by status and job name.
@@ -150,12 +153,16 @@ pub struct Inserted {
 pub async fn insert(tx: &mut Transaction<'_, MySql>, new: &NewJob) -> Result<Inserted, ModelError> {
     if let Some(key) = &new.idempotency_key {
         if key.len() > 200 {
-            return Err(ModelError::invalid("idempotency_key", "must be at most 200 characters"));
+            return Err(ModelError::invalid(
+                "idempotency_key",
+                "must be at most 200 characters",
+            ));
         }
-        let existing: Option<(String,)> = sqlx::query_as("SELECT ID FROM JobHistory WHERE IdempotencyKey = ?")
-            .bind(key)
-            .fetch_optional(&mut **tx)
-            .await?;
+        let existing: Option<(String,)> =
+            sqlx::query_as("SELECT ID FROM JobHistory WHERE IdempotencyKey = ?")
+                .bind(key)
+                .fetch_optional(&mut **tx)
+                .await?;
         if let Some((id,)) = existing {
             return Ok(Inserted { id, created: false });
         }
@@ -166,7 +173,11 @@ pub async fn insert(tx: &mut Transaction<'_, MySql>, new: &NewJob) -> Result<Ins
         .await?;
     let (job_id, job_priority) = job.ok_or_else(|| ModelError::NotFound {
         what: "job type",
-        key: format!("{:?} (known: {})", new.job_name, super::job::JOB_NAMES.join(", ")),
+        key: format!(
+            "{:?} (known: {})",
+            new.job_name,
+            super::job::JOB_NAMES.join(", ")
+        ),
     })?;
     let (priority, payload) = match &new.config_id {
         Some(config_id) => {
@@ -177,7 +188,10 @@ pub async fn insert(tx: &mut Transaction<'_, MySql>, new: &NewJob) -> Result<Ins
             .fetch_optional(&mut **tx)
             .await?;
             let (cfg_job, override_priority, cfg_payload, active) =
-                cfg.ok_or_else(|| ModelError::NotFound { what: "job config", key: config_id.clone() })?;
+                cfg.ok_or_else(|| ModelError::NotFound {
+                    what: "job config",
+                    key: config_id.clone(),
+                })?;
             if cfg_job != job_id {
                 return Err(ModelError::invalid(
                     "config_id",
@@ -185,14 +199,23 @@ pub async fn insert(tx: &mut Transaction<'_, MySql>, new: &NewJob) -> Result<Ins
                 ));
             }
             if !active {
-                return Err(ModelError::invalid("config_id", format!("job config {config_id} is inactive")));
+                return Err(ModelError::invalid(
+                    "config_id",
+                    format!("job config {config_id} is inactive"),
+                ));
             }
             (
                 new.priority.or(override_priority).unwrap_or(job_priority),
-                new.payload.clone().or(cfg_payload).unwrap_or_else(|| "{}".into()),
+                new.payload
+                    .clone()
+                    .or(cfg_payload)
+                    .unwrap_or_else(|| "{}".into()),
             )
         }
-        None => (new.priority.unwrap_or(job_priority), new.payload.clone().unwrap_or_else(|| "{}".into())),
+        None => (
+            new.priority.unwrap_or(job_priority),
+            new.payload.clone().unwrap_or_else(|| "{}".into()),
+        ),
     };
     let id = uuid::Uuid::new_v4().to_string();
     let result = sqlx::query(
@@ -215,10 +238,11 @@ pub async fn insert(tx: &mut Transaction<'_, MySql>, new: &NewJob) -> Result<Ins
         Ok(_) => Ok(Inserted { id, created: true }),
         // Two submitters raced with one idempotency key: the other one won.
         Err(e) if super::is_duplicate_key(&e) && new.idempotency_key.is_some() => {
-            let (id,): (String,) = sqlx::query_as("SELECT ID FROM JobHistory WHERE IdempotencyKey = ?")
-                .bind(&new.idempotency_key)
-                .fetch_one(&mut **tx)
-                .await?;
+            let (id,): (String,) =
+                sqlx::query_as("SELECT ID FROM JobHistory WHERE IdempotencyKey = ?")
+                    .bind(&new.idempotency_key)
+                    .fetch_one(&mut **tx)
+                    .await?;
             Ok(Inserted { id, created: false })
         }
         Err(e) => Err(e.into()),
@@ -230,12 +254,19 @@ pub async fn insert(tx: &mut Transaction<'_, MySql>, new: &NewJob) -> Result<Ins
 /// it had already finished (nothing to cancel).
 pub async fn request_cancel(pool: &MySqlPool, id: &str) -> Result<Option<i32>, ModelError> {
     let mut tx = pool.begin().await?;
-    let row: Option<(i32,)> = sqlx::query_as("SELECT StatusId FROM JobHistory WHERE ID = ? FOR UPDATE")
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
-    let (status,) = row.ok_or_else(|| ModelError::NotFound { what: "JobHistory row", key: id.to_string() })?;
-    if !matches!(status, STATUS_PENDING | STATUS_IN_PROGRESS | STATUS_CANCEL_REQUESTED) {
+    let row: Option<(i32,)> =
+        sqlx::query_as("SELECT StatusId FROM JobHistory WHERE ID = ? FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let (status,) = row.ok_or_else(|| ModelError::NotFound {
+        what: "JobHistory row",
+        key: id.to_string(),
+    })?;
+    if !matches!(
+        status,
+        STATUS_PENDING | STATUS_IN_PROGRESS | STATUS_CANCEL_REQUESTED
+    ) {
         return Ok(None);
     }
     sqlx::query("UPDATE JobHistory SET StatusId = -1, UpdatedDate = UTC_TIMESTAMP(3) WHERE ID = ?")
@@ -257,7 +288,12 @@ pub struct Claim {
 /// The worker's conditional claim: only a dispatched pending row can be claimed,
 /// and only once. Returns `None` when someone else won or the row is no longer
 /// dispatchable (cancelled, finished, running elsewhere).
-pub async fn claim(pool: &MySqlPool, id: &str, worker_id: &str, lease: std::time::Duration) -> Result<Option<Claim>, ModelError> {
+pub async fn claim(
+    pool: &MySqlPool,
+    id: &str,
+    worker_id: &str,
+    lease: std::time::Duration,
+) -> Result<Option<Claim>, ModelError> {
     let done = sqlx::query(
         "UPDATE JobHistory
             SET StatusId = 2, WorkerID = ?, LeaseUntil = UTC_TIMESTAMP(3) + INTERVAL ? MICROSECOND,
@@ -278,7 +314,11 @@ pub async fn claim(pool: &MySqlPool, id: &str, worker_id: &str, lease: std::time
         .bind(id)
         .fetch_one(pool)
         .await?;
-    Ok(Some(Claim { id: id.to_string(), worker_id: worker_id.to_string(), attempt }))
+    Ok(Some(Claim {
+        id: id.to_string(),
+        worker_id: worker_id.to_string(),
+        attempt,
+    }))
 }
 
 /// Extends the leases of a worker's running rows; returns the rows it still owns
@@ -292,7 +332,9 @@ pub async fn heartbeat(
     if ids.is_empty() {
         return Ok((Vec::new(), Vec::new()));
     }
-    let mut qb = sqlx::QueryBuilder::<MySql>::new("UPDATE JobHistory SET LeaseUntil = UTC_TIMESTAMP(3) + INTERVAL ");
+    let mut qb = sqlx::QueryBuilder::<MySql>::new(
+        "UPDATE JobHistory SET LeaseUntil = UTC_TIMESTAMP(3) + INTERVAL ",
+    );
     qb.push_bind(lease.as_micros() as u64)
         .push(" MICROSECOND, PulseDate = UTC_TIMESTAMP(3) WHERE WorkerID = ")
         .push_bind(worker_id)
@@ -304,8 +346,10 @@ pub async fn heartbeat(
     qb.push(")");
     qb.build().execute(pool).await?;
 
-    let mut qb = sqlx::QueryBuilder::<MySql>::new("SELECT ID, StatusId FROM JobHistory WHERE WorkerID = ");
-    qb.push_bind(worker_id).push(" AND StatusId IN (2, -1) AND ID IN (");
+    let mut qb =
+        sqlx::QueryBuilder::<MySql>::new("SELECT ID, StatusId FROM JobHistory WHERE WorkerID = ");
+    qb.push_bind(worker_id)
+        .push(" AND StatusId IN (2, -1) AND ID IN (");
     let mut sep = qb.separated(", ");
     for id in ids {
         sep.push_bind(id);
@@ -313,7 +357,11 @@ pub async fn heartbeat(
     qb.push(")");
     let rows: Vec<(String, i32)> = qb.build_query_as().fetch_all(pool).await?;
     let owned = rows.iter().map(|(id, _)| id.clone()).collect();
-    let cancelled = rows.into_iter().filter(|(_, s)| *s == STATUS_CANCEL_REQUESTED).map(|(id, _)| id).collect();
+    let cancelled = rows
+        .into_iter()
+        .filter(|(_, s)| *s == STATUS_CANCEL_REQUESTED)
+        .map(|(id, _)| id)
+        .collect();
     Ok((owned, cancelled))
 }
 
@@ -342,7 +390,11 @@ pub enum Finished {
 /// same row: pending again with `NotBefore = now + WaitInSeconds`. A cancel
 /// request always wins over re-arming. On success the config's `LastJobStart`
 /// advances to the run's start.
-pub async fn finish(pool: &MySqlPool, claim: &Claim, outcome: &Outcome) -> Result<Finished, ModelError> {
+pub async fn finish(
+    pool: &MySqlPool,
+    claim: &Claim,
+    outcome: &Outcome,
+) -> Result<Finished, ModelError> {
     let mut tx = pool.begin().await?;
     let row: Option<(i32, Option<String>, Option<DateTime<Utc>>)> = sqlx::query_as(
         "SELECT StatusId, ConfigID, StartedAt FROM JobHistory
@@ -357,10 +409,12 @@ pub async fn finish(pool: &MySqlPool, claim: &Claim, outcome: &Outcome) -> Resul
         return Ok(Finished::NotOwner);
     };
     let config: Option<(bool, i32, bool)> = match &config_id {
-        Some(c) => sqlx::query_as("SELECT Continuous, WaitInSeconds, Active FROM JobConfig WHERE ID = ?")
-            .bind(c)
-            .fetch_optional(&mut *tx)
-            .await?,
+        Some(c) => {
+            sqlx::query_as("SELECT Continuous, WaitInSeconds, Active FROM JobConfig WHERE ID = ?")
+                .bind(c)
+                .fetch_optional(&mut *tx)
+                .await?
+        }
         None => None,
     };
     if *outcome == Outcome::Completed {
@@ -401,6 +455,10 @@ pub async fn finish(pool: &MySqlPool, claim: &Claim, outcome: &Outcome) -> Resul
                 STATUS_ERROR
             } else {
                 STATUS_COMPLETED
+            };
+            let error = match (final_status, error) {
+                (STATUS_CANCELLED, None) => Some("cancelled by request while running"),
+                (_, e) => e,
             };
             sqlx::query(
                 "UPDATE JobHistory

@@ -35,7 +35,9 @@ impl ModelError {
 /// True when a database error is a duplicate-key violation (MySQL error 1062).
 pub fn is_duplicate_key(err: &sqlx::Error) -> bool {
     match err {
-        sqlx::Error::Database(db) => db.code().as_deref() == Some("23000") && db.message().contains("Duplicate"),
+        sqlx::Error::Database(db) => {
+            db.code().as_deref() == Some("23000") && db.message().contains("Duplicate")
+        }
         _ => false,
     }
 }

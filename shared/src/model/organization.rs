@@ -61,9 +61,21 @@ impl Default for OrgPayload {
             lowest_ticketed_cvss: 4.0,
             cvss_version: 2,
             severities: vec![
-                Severity { name: "Medium".into(), duration: 90, cvss_min: 4.0 },
-                Severity { name: "High".into(), duration: 60, cvss_min: 7.0 },
-                Severity { name: "Critical".into(), duration: 30, cvss_min: 9.0 },
+                Severity {
+                    name: "Medium".into(),
+                    duration: 90,
+                    cvss_min: 4.0,
+                },
+                Severity {
+                    name: "High".into(),
+                    duration: 60,
+                    cvss_min: 7.0,
+                },
+                Severity {
+                    name: "Critical".into(),
+                    duration: 30,
+                    cvss_min: 9.0,
+                },
             ],
             description_footer: None,
             other,
@@ -74,8 +86,9 @@ impl Default for OrgPayload {
 impl OrgPayload {
     /// Parses and validates an org payload; the error names the key at fault.
     pub fn parse(text: &str) -> Result<Self, ModelError> {
-        let payload: OrgPayload = serde_json::from_str(text)
-            .map_err(|e| ModelError::invalid("org payload", format!("not a valid org payload: {e}")))?;
+        let payload: OrgPayload = serde_json::from_str(text).map_err(|e| {
+            ModelError::invalid("org payload", format!("not a valid org payload: {e}"))
+        })?;
         payload.validate()?;
         Ok(payload)
     }
@@ -84,7 +97,10 @@ impl OrgPayload {
         if !(0.0..=10.0).contains(&self.lowest_ticketed_cvss) {
             return Err(ModelError::invalid(
                 "lowest_ticketed_cvss",
-                format!("{} is not a CVSS score between 0 and 10", self.lowest_ticketed_cvss),
+                format!(
+                    "{} is not a CVSS score between 0 and 10",
+                    self.lowest_ticketed_cvss
+                ),
             ));
         }
         if self.cvss_version != 2 && self.cvss_version != 3 {
@@ -94,12 +110,18 @@ impl OrgPayload {
             ));
         }
         if self.severities.is_empty() {
-            return Err(ModelError::invalid("severities", "at least one severity band is needed"));
+            return Err(ModelError::invalid(
+                "severities",
+                "at least one severity band is needed",
+            ));
         }
         let mut previous: Option<f64> = None;
         for (i, s) in self.severities.iter().enumerate() {
             if s.name.trim().is_empty() {
-                return Err(ModelError::invalid(format!("severities[{i}].name"), "must not be empty"));
+                return Err(ModelError::invalid(
+                    format!("severities[{i}].name"),
+                    "must not be empty",
+                ));
             }
             if s.duration < 0 {
                 return Err(ModelError::invalid(
@@ -146,7 +168,10 @@ pub fn normalise_code(code: &str) -> Result<String, ModelError> {
     if code.is_empty() || code.len() > 20 {
         return Err(ModelError::invalid("code", "must be 1 to 20 characters"));
     }
-    if !code.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+    if !code
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
         return Err(ModelError::invalid(
             "code",
             format!("{code:?} may only contain letters, digits, '-' and '_' (it appears in every log line)"),
@@ -155,26 +180,39 @@ pub fn normalise_code(code: &str) -> Result<String, ModelError> {
     Ok(code)
 }
 
-pub async fn create(tx: &mut Transaction<'_, MySql>, new: &NewOrganization) -> Result<Organization, ModelError> {
+pub async fn create(
+    tx: &mut Transaction<'_, MySql>,
+    new: &NewOrganization,
+) -> Result<Organization, ModelError> {
     let code = normalise_code(&new.code)?;
     if new.description.trim().is_empty() || new.description.len() > 100 {
-        return Err(ModelError::invalid("description", "must be 1 to 100 characters"));
+        return Err(ModelError::invalid(
+            "description",
+            "must be 1 to 100 characters",
+        ));
     }
     if !(-14.0..=14.0).contains(&new.time_zone_offset) {
-        return Err(ModelError::invalid("time zone offset", "must be between -14 and 14 hours"));
+        return Err(ModelError::invalid(
+            "time zone offset",
+            "must be between -14 and 14 hours",
+        ));
     }
     new.payload.validate()?;
     let parent = match &new.parent_code {
         Some(p) => Some(
             by_code_tx(tx, &normalise_code(p)?)
                 .await?
-                .ok_or_else(|| ModelError::NotFound { what: "parent organization", key: p.clone() })?
+                .ok_or_else(|| ModelError::NotFound {
+                    what: "parent organization",
+                    key: p.clone(),
+                })?
                 .id,
         ),
         None => None,
     };
     let id = uuid::Uuid::new_v4().to_string();
-    let payload = serde_json::to_string(&new.payload).map_err(|e| ModelError::invalid("payload", e.to_string()))?;
+    let payload = serde_json::to_string(&new.payload)
+        .map_err(|e| ModelError::invalid("payload", e.to_string()))?;
     let result = sqlx::query(
         "INSERT INTO Organization (ID, ParentOrgID, Code, Description, Payload, TimeZoneOffset, CreatedBy, Created)
          VALUES (?, ?, ?, ?, ?, ?, ?, UTC_TIMESTAMP(3))",
@@ -190,7 +228,10 @@ pub async fn create(tx: &mut Transaction<'_, MySql>, new: &NewOrganization) -> R
     .await;
     match result {
         Err(e) if is_duplicate_key(&e) => {
-            return Err(ModelError::Duplicate { what: "organization", key: code })
+            return Err(ModelError::Duplicate {
+                what: "organization",
+                key: code,
+            })
         }
         other => {
             other?;
@@ -207,20 +248,30 @@ pub async fn create(tx: &mut Transaction<'_, MySql>, new: &NewOrganization) -> R
     })
 }
 
-async fn by_code_tx(tx: &mut Transaction<'_, MySql>, code: &str) -> Result<Option<Organization>, ModelError> {
-    Ok(sqlx::query_as::<_, Organization>(&format!("SELECT {COLUMNS} FROM Organization WHERE Code = ?"))
-        .bind(code)
-        .fetch_optional(&mut **tx)
-        .await?)
+async fn by_code_tx(
+    tx: &mut Transaction<'_, MySql>,
+    code: &str,
+) -> Result<Option<Organization>, ModelError> {
+    Ok(sqlx::query_as::<_, Organization>(&format!(
+        "SELECT {COLUMNS} FROM Organization WHERE Code = ?"
+    ))
+    .bind(code)
+    .fetch_optional(&mut **tx)
+    .await?)
 }
 
 pub async fn by_code(pool: &MySqlPool, code: &str) -> Result<Organization, ModelError> {
     let code = normalise_code(code)?;
-    sqlx::query_as::<_, Organization>(&format!("SELECT {COLUMNS} FROM Organization WHERE Code = ?"))
-        .bind(&code)
-        .fetch_optional(pool)
-        .await?
-        .ok_or(ModelError::NotFound { what: "organization", key: code })
+    sqlx::query_as::<_, Organization>(&format!(
+        "SELECT {COLUMNS} FROM Organization WHERE Code = ?"
+    ))
+    .bind(&code)
+    .fetch_optional(pool)
+    .await?
+    .ok_or(ModelError::NotFound {
+        what: "organization",
+        key: code,
+    })
 }
 
 pub async fn by_id(pool: &MySqlPool, id: &str) -> Result<Organization, ModelError> {
@@ -228,13 +279,18 @@ pub async fn by_id(pool: &MySqlPool, id: &str) -> Result<Organization, ModelErro
         .bind(id)
         .fetch_optional(pool)
         .await?
-        .ok_or_else(|| ModelError::NotFound { what: "organization", key: id.to_string() })
+        .ok_or_else(|| ModelError::NotFound {
+            what: "organization",
+            key: id.to_string(),
+        })
 }
 
 pub async fn list(pool: &MySqlPool) -> Result<Vec<Organization>, ModelError> {
-    Ok(sqlx::query_as::<_, Organization>(&format!("SELECT {COLUMNS} FROM Organization ORDER BY Code"))
-        .fetch_all(pool)
-        .await?)
+    Ok(sqlx::query_as::<_, Organization>(&format!(
+        "SELECT {COLUMNS} FROM Organization ORDER BY Code"
+    ))
+    .fetch_all(pool)
+    .await?)
 }
 
 #[cfg(test)]
@@ -246,7 +302,13 @@ mod tests {
         let p = OrgPayload::default();
         p.validate().expect("default is valid");
         let text = serde_json::to_string(&p).expect("json");
-        for key in ["lowest_ticketed_cvss", "cvss_version", "severities", "ad_servers", "ad_search_string"] {
+        for key in [
+            "lowest_ticketed_cvss",
+            "cvss_version",
+            "severities",
+            "ad_servers",
+            "ad_search_string",
+        ] {
             assert!(text.contains(key), "{key} missing from {text}");
         }
         assert_eq!(OrgPayload::parse(&text).expect("round trip"), p);
@@ -254,14 +316,22 @@ mod tests {
 
     #[test]
     fn bad_payloads_name_the_key_at_fault() {
-        let mut p = OrgPayload::default();
-        p.cvss_version = 4;
-        assert!(p.validate().expect_err("bad").to_string().contains("cvss_version"));
+        let p = OrgPayload {
+            cvss_version: 4,
+            ..Default::default()
+        };
+        assert!(p
+            .validate()
+            .expect_err("bad")
+            .to_string()
+            .contains("cvss_version"));
         let mut p = OrgPayload::default();
         p.severities[1].cvss_min = 3.0;
         let e = p.validate().expect_err("bad").to_string();
         assert!(e.contains("severities[1].cvss_min"), "{e}");
-        let e = OrgPayload::parse(r#"{"cvss_version":2}"#).expect_err("bad").to_string();
+        let e = OrgPayload::parse(r#"{"cvss_version":2}"#)
+            .expect_err("bad")
+            .to_string();
         assert!(e.contains("lowest_ticketed_cvss"), "{e}");
     }
 

@@ -53,28 +53,48 @@ impl Vendor {
         fn int_list(p: &Map<String, Value>, key: &str) -> Result<(), ModelError> {
             match p.get(key) {
                 None | Some(Value::Null) => Ok(()),
-                Some(Value::Array(items)) if items.iter().all(|v| v.is_i64() || v.as_str().is_some_and(|s| s.parse::<i64>().is_ok())) => Ok(()),
-                Some(other) => Err(ModelError::invalid(format!("payload.{key}"), format!("{other} is not a list of numeric IDs"))),
+                Some(Value::Array(items))
+                    if items.iter().all(|v| {
+                        v.is_i64() || v.as_str().is_some_and(|s| s.parse::<i64>().is_ok())
+                    }) =>
+                {
+                    Ok(())
+                }
+                Some(other) => Err(ModelError::invalid(
+                    format!("payload.{key}"),
+                    format!("{other} is not a list of numeric IDs"),
+                )),
             }
         }
         fn int(p: &Map<String, Value>, key: &str) -> Result<(), ModelError> {
             match p.get(key) {
                 None | Some(Value::Null) => Ok(()),
                 Some(v) if v.is_i64() => Ok(()),
-                Some(other) => Err(ModelError::invalid(format!("payload.{key}"), format!("{other} is not a whole number"))),
+                Some(other) => Err(ModelError::invalid(
+                    format!("payload.{key}"),
+                    format!("{other} is not a whole number"),
+                )),
             }
         }
         fn object(p: &Map<String, Value>, key: &str) -> Result<(), ModelError> {
             match p.get(key) {
                 None | Some(Value::Null) | Some(Value::Object(_)) => Ok(()),
-                Some(other) => Err(ModelError::invalid(format!("payload.{key}"), format!("{other} is not a JSON object"))),
+                Some(other) => Err(ModelError::invalid(
+                    format!("payload.{key}"),
+                    format!("{other} is not a JSON object"),
+                )),
             }
         }
         match self {
             Vendor::Jira => {
                 match payload.get("project").and_then(Value::as_str) {
                     Some(p) if !p.trim().is_empty() => {}
-                    _ => return Err(ModelError::invalid("payload.project", "the JIRA project key is required, e.g. {\"project\":\"VULN\"}")),
+                    _ => {
+                        return Err(ModelError::invalid(
+                            "payload.project",
+                            "the JIRA project key is required, e.g. {\"project\":\"VULN\"}",
+                        ))
+                    }
                 }
                 for key in ["status_map", "field_map", "transition_map"] {
                     object(payload, key)?;
@@ -82,12 +102,20 @@ impl Vendor {
                 Ok(())
             }
             Vendor::Qualys => {
-                for key in ["searchListId", "optionProfileId", "discoveryOptionProfileId", "kernel_filter"] {
+                for key in [
+                    "searchListId",
+                    "optionProfileId",
+                    "discoveryOptionProfileId",
+                    "kernel_filter",
+                ] {
                     int(payload, key)?;
                 }
                 if let Some(k) = payload.get("kernel_filter").and_then(Value::as_i64) {
                     if !(0..=4).contains(&k) {
-                        return Err(ModelError::invalid("payload.kernel_filter", format!("{k} is not between 0 and 4")));
+                        return Err(ModelError::invalid(
+                            "payload.kernel_filter",
+                            format!("{k} is not between 0 and 4"),
+                        ));
                     }
                 }
                 int_list(payload, "groups")?;
@@ -157,8 +185,14 @@ impl SourceConfig {
         }
         match serde_json::from_str(&self.payload) {
             Ok(Value::Object(m)) => Ok(m),
-            Ok(_) => Err(ModelError::invalid(format!("SourceConfig {} Payload", self.id), "is not a JSON object")),
-            Err(e) => Err(ModelError::invalid(format!("SourceConfig {} Payload", self.id), e.to_string())),
+            Ok(_) => Err(ModelError::invalid(
+                format!("SourceConfig {} Payload", self.id),
+                "is not a JSON object",
+            )),
+            Err(e) => Err(ModelError::invalid(
+                format!("SourceConfig {} Payload", self.id),
+                e.to_string(),
+            )),
         }
     }
 
@@ -174,8 +208,16 @@ impl SourceConfig {
 fn parse_auth(id: &str, text: &str) -> Result<Map<String, Value>, ModelError> {
     match serde_json::from_str(text) {
         Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(secrets::SecretsError::BadAuthInfo { source_config: id.to_string(), reason: "not an object".into() }.into()),
-        Err(e) => Err(secrets::SecretsError::BadAuthInfo { source_config: id.to_string(), reason: e.to_string() }.into()),
+        Ok(_) => Err(secrets::SecretsError::BadAuthInfo {
+            source_config: id.to_string(),
+            reason: "not an object".into(),
+        }
+        .into()),
+        Err(e) => Err(secrets::SecretsError::BadAuthInfo {
+            source_config: id.to_string(),
+            reason: e.to_string(),
+        }
+        .into()),
     }
 }
 
@@ -185,13 +227,21 @@ pub fn limits_from_auth(id: &str, auth: &Map<String, Value>) -> Result<SourceLim
         match auth.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(v) => v.as_u64().map(Some).ok_or_else(|| {
-                ModelError::invalid(format!("SourceConfig {id} AuthInfo.{key}"), format!("{v} is not a whole number >= 0"))
+                ModelError::invalid(
+                    format!("SourceConfig {id} AuthInfo.{key}"),
+                    format!("{v} is not a whole number >= 0"),
+                )
             }),
         }
     };
     let concurrency = match number("Concurrency")? {
         None => None,
-        Some(0) => return Err(ModelError::invalid(format!("SourceConfig {id} AuthInfo.Concurrency"), "0 would allow no request; use 1 or more")),
+        Some(0) => {
+            return Err(ModelError::invalid(
+                format!("SourceConfig {id} AuthInfo.Concurrency"),
+                "0 would allow no request; use 1 or more",
+            ))
+        }
         Some(n) => Some(u32::try_from(n).unwrap_or(u32::MAX)),
     };
     Ok(SourceLimits {
@@ -235,16 +285,28 @@ pub async fn create(
 ) -> Result<(SourceConfig, usize), ModelError> {
     let address = new.address.trim().trim_end_matches('/').to_string();
     let url = reqwest::Url::parse(&address).map_err(|e| {
-        ModelError::invalid("address", format!("{address:?} is not a URL such as https://jira.example.com ({e})"))
+        ModelError::invalid(
+            "address",
+            format!("{address:?} is not a URL such as https://jira.example.com ({e})"),
+        )
     })?;
     if url.scheme() != "http" && url.scheme() != "https" {
-        return Err(ModelError::invalid("address", format!("{address:?} must start with https:// or http://")));
+        return Err(ModelError::invalid(
+            "address",
+            format!("{address:?} must start with https:// or http://"),
+        ));
     }
     if new.username.trim().is_empty() && new.token.is_empty() {
-        return Err(ModelError::invalid("username", "a username (or a JIRA token) is required"));
+        return Err(ModelError::invalid(
+            "username",
+            "a username (or a JIRA token) is required",
+        ));
     }
     if new.concurrency == 0 {
-        return Err(ModelError::invalid("concurrency", "must be at least 1 request in flight"));
+        return Err(ModelError::invalid(
+            "concurrency",
+            "must be at least 1 request in flight",
+        ));
     }
     new.vendor.validate_payload(&new.payload)?;
 
@@ -252,13 +314,19 @@ pub async fn create(
         .bind(super::organization::normalise_code(&new.org_code)?)
         .fetch_optional(&mut **tx)
         .await?
-        .ok_or_else(|| ModelError::NotFound { what: "organization", key: new.org_code.clone() })?
+        .ok_or_else(|| ModelError::NotFound {
+            what: "organization",
+            key: new.org_code.clone(),
+        })?
         .0;
     let source_id = sqlx::query_as::<_, (String,)>("SELECT ID FROM Source WHERE Source = ?")
         .bind(new.vendor.source_name())
         .fetch_optional(&mut **tx)
         .await?
-        .ok_or_else(|| ModelError::NotFound { what: "Source row (run `aegis migrate`)", key: new.vendor.source_name().into() })?
+        .ok_or_else(|| ModelError::NotFound {
+            what: "Source row (run `aegis migrate`)",
+            key: new.vendor.source_name().into(),
+        })?
         .0;
 
     let id = uuid::Uuid::new_v4().to_string();
@@ -314,14 +382,18 @@ pub async fn create(
     ))
 }
 
-const COLUMNS: &str = "ID, Source, SourceID, OrganizationID, Address, Port, AuthInfo, Payload, Active";
+const COLUMNS: &str =
+    "ID, Source, SourceID, OrganizationID, Address, Port, AuthInfo, Payload, Active";
 
 pub async fn by_id(pool: &MySqlPool, id: &str) -> Result<SourceConfig, ModelError> {
     sqlx::query_as::<_, SourceConfig>(&format!("SELECT {COLUMNS} FROM SourceConfig WHERE ID = ?"))
         .bind(id)
         .fetch_optional(pool)
         .await?
-        .ok_or_else(|| ModelError::NotFound { what: "source config", key: id.to_string() })
+        .ok_or_else(|| ModelError::NotFound {
+            what: "source config",
+            key: id.to_string(),
+        })
 }
 
 /// Source configs of one organization (all when `org_id` is `None`).
@@ -355,11 +427,15 @@ pub struct RotateReport {
 /// Re-seals every credential of every SourceConfig under the keyring's active
 /// key (opening old values with any key of the ring), and seals plaintext ones.
 /// One transaction: either every row is rotated or none is.
-pub async fn rotate_secrets(pool: &MySqlPool, keyring: &Keyring) -> Result<RotateReport, ModelError> {
+pub async fn rotate_secrets(
+    pool: &MySqlPool,
+    keyring: &Keyring,
+) -> Result<RotateReport, ModelError> {
     let mut tx = pool.begin().await?;
-    let rows = sqlx::query_as::<_, (String, String)>("SELECT ID, AuthInfo FROM SourceConfig FOR UPDATE")
-        .fetch_all(&mut *tx)
-        .await?;
+    let rows =
+        sqlx::query_as::<_, (String, String)>("SELECT ID, AuthInfo FROM SourceConfig FOR UPDATE")
+            .fetch_all(&mut *tx)
+            .await?;
     let mut report = RotateReport::default();
     for (id, text) in rows {
         let mut auth = parse_auth(&id, &text)?;
@@ -379,7 +455,10 @@ pub async fn rotate_secrets(pool: &MySqlPool, keyring: &Keyring) -> Result<Rotat
                 report.plaintext_sealed += 1;
                 secrets::Secret::new(value)
             };
-            auth.insert(field.into(), keyring.seal(&id, field, plain.expose()).into());
+            auth.insert(
+                field.into(),
+                keyring.seal(&id, field, plain.expose()).into(),
+            );
             changed = true;
         }
         if changed {
@@ -398,9 +477,11 @@ pub async fn rotate_secrets(pool: &MySqlPool, keyring: &Keyring) -> Result<Rotat
 /// How many SourceConfig rows hold sealed values; a process without a keyring
 /// refuses to start when this is not zero.
 pub async fn count_sealed(pool: &MySqlPool) -> Result<i64, ModelError> {
-    Ok(sqlx::query_scalar("SELECT COUNT(*) FROM SourceConfig WHERE AuthInfo LIKE '%\"aegis:v1:%'")
-        .fetch_one(pool)
-        .await?)
+    Ok(
+        sqlx::query_scalar("SELECT COUNT(*) FROM SourceConfig WHERE AuthInfo LIKE '%\"aegis:v1:%'")
+            .fetch_one(pool)
+            .await?,
+    )
 }
 
 #[cfg(test)]
@@ -413,7 +494,11 @@ mod tests {
 
     #[test]
     fn limits_read_delay_in_nanoseconds_and_default_the_limit_key() {
-        let l = limits_from_auth("sc1", &auth(r#"{"Delay":100000000,"Concurrency":4,"Retries":2}"#)).expect("ok");
+        let l = limits_from_auth(
+            "sc1",
+            &auth(r#"{"Delay":100000000,"Concurrency":4,"Retries":2}"#),
+        )
+        .expect("ok");
         assert_eq!(l.delay, Duration::from_millis(100));
         assert_eq!(l.concurrency, Some(4));
         assert_eq!(l.retries, 2);
@@ -428,12 +513,20 @@ mod tests {
 
     #[test]
     fn vendor_payloads_are_checked_by_key() {
-        let e = Vendor::Jira.validate_payload(&auth("{}")).expect_err("project required");
+        let e = Vendor::Jira
+            .validate_payload(&auth("{}"))
+            .expect_err("project required");
         assert!(e.to_string().contains("payload.project"));
-        Vendor::Jira.validate_payload(&auth(r#"{"project":"VULN"}"#)).expect("ok");
-        let e = Vendor::Qualys.validate_payload(&auth(r#"{"groups":"all"}"#)).expect_err("bad groups");
+        Vendor::Jira
+            .validate_payload(&auth(r#"{"project":"VULN"}"#))
+            .expect("ok");
+        let e = Vendor::Qualys
+            .validate_payload(&auth(r#"{"groups":"all"}"#))
+            .expect_err("bad groups");
         assert!(e.to_string().contains("payload.groups"));
-        Vendor::Qualys.validate_payload(&auth(r#"{"groups":[1,"2"],"optionProfileId":5}"#)).expect("ok");
+        Vendor::Qualys
+            .validate_payload(&auth(r#"{"groups":[1,"2"],"optionProfileId":5}"#))
+            .expect("ok");
         assert!(Vendor::parse("servicenow").is_err());
     }
 }

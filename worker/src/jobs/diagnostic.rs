@@ -48,18 +48,21 @@ impl Job for DiagnosticJob {
         Box::pin(async move {
             let p: Payload = ctx.payload()?;
             if p.record {
-                sqlx::query("INSERT INTO DiagnosticRun (JobHistoryID, WorkerID, Attempt) VALUES (?, ?, ?)")
-                    .bind(&ctx.history.id)
-                    .bind(&ctx.worker_id)
-                    .bind(ctx.attempt)
-                    .execute(&ctx.pool)
-                    .await?;
+                sqlx::query(
+                    "INSERT INTO DiagnosticRun (JobHistoryID, WorkerID, Attempt) VALUES (?, ?, ?)",
+                )
+                .bind(&ctx.history.id)
+                .bind(&ctx.worker_id)
+                .bind(ctx.attempt)
+                .execute(&ctx.pool)
+                .await?;
             }
             if let Some(m) = &p.message {
                 tracing::info!("{m}");
             }
             if p.sleep_ms > 0 {
-                ctx.sleep(std::time::Duration::from_millis(p.sleep_ms)).await?;
+                ctx.sleep(std::time::Duration::from_millis(p.sleep_ms))
+                    .await?;
             }
             if let Some(message) = p.panic {
                 panic!("{message}");

@@ -62,8 +62,17 @@ pub struct JobContext {
 impl JobContext {
     /// Parses the JobHistory payload (`{}` when empty) into the job's payload type.
     pub fn payload<T: DeserializeOwned>(&self) -> Result<T, JobError> {
-        let text = self.history.payload.as_deref().map(str::trim).filter(|t| !t.is_empty()).unwrap_or("{}");
-        serde_json::from_str(text).map_err(|e| JobError::BadPayload { job: self.history.job_name.clone(), reason: e.to_string() })
+        let text = self
+            .history
+            .payload
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .unwrap_or("{}");
+        serde_json::from_str(text).map_err(|e| JobError::BadPayload {
+            job: self.history.job_name.clone(),
+            reason: e.to_string(),
+        })
     }
 
     /// Waits `duration`, or returns `Err(Cancelled)` as soon as the job is cancelled.
