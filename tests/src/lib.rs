@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub mod fleet;
+pub mod otlp;
 
 use aegis_shared::db;
 use sqlx::MySqlPool;

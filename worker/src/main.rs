@@ -295,6 +295,9 @@ async fn handle_delivery(
     let w = &shared.settings.worker;
     match job_history::claim(&shared.pool, &message.job_history_id, &w.worker_id, w.lease).await {
         Ok(Some(claim)) => {
+            runner::CLAIMS
+                .with_label_values(&[&message.job, "won"])
+                .inc();
             if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
                 // The claim holds; a redelivered copy will find nothing to claim.
                 tracing::debug!(error = %e, "Job Runner: ack after claim failed");
@@ -311,6 +314,9 @@ async fn handle_delivery(
             .await;
         }
         Ok(None) => {
+            runner::CLAIMS
+                .with_label_values(&[&message.job, "not dispatchable"])
+                .inc();
             span.in_scope(|| {
                 tracing::debug!(
                     "Job Runner: job [{}] is no longer dispatchable; dropping its message",

@@ -28,6 +28,13 @@ use crate::jobs::{JobContext, JobError, Registry};
 /// How long a cancelled job may take to reach an await point before it is aborted.
 pub const CANCEL_GRACE: Duration = Duration::from_secs(2);
 
+pub static CLAIMS: LazyLock<prometheus::IntCounterVec> = LazyLock::new(|| {
+    aegis_shared::metrics::counter_vec(
+        "aegis_job_claims_total",
+        "Job messages by claim result: won, or not dispatchable (duplicate, cancelled, finished)",
+        &["job", "result"],
+    )
+});
 pub static COMPLETED: LazyLock<prometheus::IntCounterVec> = LazyLock::new(|| {
     aegis_shared::metrics::counter_vec(
         "aegis_jobs_finished_total",
