@@ -2,16 +2,11 @@
 
 use std::time::{Duration, Instant};
 
-use aegis_shared::broker::{Submission, SubmissionReply, Topology};
+use aegis_shared::broker::{Submission, SubmissionReply, SubmitClient};
 use aegis_shared::model::job_history::{self, status_name, NewJob};
 use aegis_shared::model::ModelError;
-use aegis_shared::{services, Settings};
-use anyhow::Context;
+use aegis_shared::Settings;
 use clap::{Args, Subcommand};
-use futures::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
-use lapin::BasicProperties;
 use sqlx::MySqlPool;
 
 use crate::output;
@@ -290,59 +285,8 @@ async fn submit_by_queue(
     settings: &Settings,
     submission: &Submission,
 ) -> anyhow::Result<SubmissionReply> {
-    let topology = Topology::new(settings);
-    let conn = services::connect_amqp(&settings.amqp_url, "aegis-cli").await?;
-    let channel = conn.create_channel().await?;
-    let reply_queue = channel
-        .queue_declare(
-            "",
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let mut replies = channel
-        .basic_consume(
-            reply_queue.name().as_str(),
-            "aegis-cli",
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let correlation = uuid::Uuid::new_v4().to_string();
-    let props = BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_content_type("application/json".into())
-        .with_reply_to(reply_queue.name().clone())
-        .with_correlation_id(correlation.clone().into());
-    channel
-        .basic_publish(
-            &topology.submit_exchange,
-            "submit",
-            BasicPublishOptions::default(),
-            &serde_json::to_vec(submission)?,
-            props,
-        )
-        .await?;
-    let reply = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(d) = replies.next().await {
-            let d = d?;
-            if d.properties.correlation_id().as_ref().map(|c| c.as_str())
-                == Some(correlation.as_str())
-            {
-                return Ok::<_, anyhow::Error>(serde_json::from_slice::<SubmissionReply>(&d.data)?);
-            }
-        }
-        anyhow::bail!("the reply queue closed")
-    })
-    .await
-    .context("no reply from a coordinator within 30 s; is aegis-coordinator running?")??;
-    let _ = conn.close(200, "done").await;
+    let mut client = SubmitClient::connect(settings, "aegis-cli").await?;
+    let reply = client.submit(submission, Duration::from_secs(30)).await?;
+    client.close().await;
     Ok(reply)
 }

@@ -231,6 +231,127 @@ impl Submission {
     }
 }
 
+/// A client that submits jobs by queue and waits for each reply: what the
+/// `aegis job submit --queue` command, the tests and the benchmark use, and an
+/// example for other AMQP clients (docs/submit.md).
+pub struct SubmitClient {
+    connection: lapin::Connection,
+    channel: Channel,
+    exchange: String,
+    reply_queue: String,
+    replies: lapin::Consumer,
+}
+
+impl SubmitClient {
+    pub async fn connect(settings: &Settings, name: &str) -> Result<Self, SubmitError> {
+        let connection = crate::services::connect_amqp(&settings.amqp_url, name)
+            .await
+            .map_err(|e| SubmitError::Broker(e.to_string()))?;
+        let channel = connection.create_channel().await?;
+        let queue = channel
+            .queue_declare(
+                "",
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let replies = channel
+            .basic_consume(
+                queue.name().as_str(),
+                name,
+                lapin::options::BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(SubmitClient {
+            connection,
+            channel,
+            exchange: Topology::new(settings).submit_exchange,
+            reply_queue: queue.name().to_string(),
+            replies,
+        })
+    }
+
+    /// Publishes a raw submission body and waits (up to `timeout`) for its reply.
+    pub async fn submit_raw(
+        &mut self,
+        body: &[u8],
+        timeout: std::time::Duration,
+    ) -> Result<SubmissionReply, SubmitError> {
+        use futures::StreamExt;
+        let correlation = uuid::Uuid::new_v4().to_string();
+        let props = lapin::BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_reply_to(self.reply_queue.clone().into())
+            .with_correlation_id(correlation.clone().into());
+        self.channel
+            .basic_publish(
+                &self.exchange,
+                "submit",
+                lapin::options::BasicPublishOptions::default(),
+                body,
+                props,
+            )
+            .await?;
+        let wait = async {
+            while let Some(delivery) = self.replies.next().await {
+                let delivery = delivery?;
+                if delivery
+                    .properties
+                    .correlation_id()
+                    .as_ref()
+                    .map(|c| c.as_str())
+                    == Some(correlation.as_str())
+                {
+                    return serde_json::from_slice::<SubmissionReply>(&delivery.data)
+                        .map_err(|e| SubmitError::Broker(format!("unreadable reply: {e}")));
+                }
+            }
+            Err(SubmitError::Broker("the reply queue closed".into()))
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| SubmitError::NoReply(timeout))?
+    }
+
+    /// Submits a job and waits for its reply.
+    pub async fn submit(
+        &mut self,
+        submission: &Submission,
+        timeout: std::time::Duration,
+    ) -> Result<SubmissionReply, SubmitError> {
+        let body =
+            serde_json::to_vec(submission).map_err(|e| SubmitError::Broker(e.to_string()))?;
+        self.submit_raw(&body, timeout).await
+    }
+
+    pub async fn close(self) {
+        let _ = self.connection.close(200, "done").await;
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("RabbitMQ: {0}")]
+    Broker(String),
+    #[error("no reply from a coordinator within {0:?}; is aegis-coordinator running?")]
+    NoReply(std::time::Duration),
+}
+
+impl From<lapin::Error> for SubmitError {
+    fn from(e: lapin::Error) -> Self {
+        SubmitError::Broker(e.to_string())
+    }
+}
+
 struct HeaderInjector<'a>(&'a mut FieldTable);
 
 impl Injector for HeaderInjector<'_> {

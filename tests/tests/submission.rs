@@ -5,15 +5,11 @@
 
 use std::time::Duration;
 
-use aegis_shared::broker::{header_string, SubmissionReply, Topology, ERROR_HEADER};
+use aegis_shared::broker::{header_string, SubmissionReply, SubmitClient, Topology, ERROR_HEADER};
 use aegis_shared::services;
 use aegis_tests::eventually;
 use aegis_tests::fleet::Fleet;
-use futures::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions,
-};
-use lapin::types::FieldTable;
+use lapin::options::{BasicGetOptions, BasicPublishOptions};
 use lapin::{BasicProperties, Channel};
 
 const T: Duration = Duration::from_secs(30);
@@ -21,8 +17,7 @@ const T: Duration = Duration::from_secs(30);
 struct Client {
     channel: Channel,
     topology: Topology,
-    replies: lapin::Consumer,
-    reply_queue: String,
+    submit: SubmitClient,
     _conn: lapin::Connection,
 }
 
@@ -33,64 +28,18 @@ impl Client {
         let channel = conn.create_channel().await?;
         let topology = Topology::new(&settings);
         topology.declare(&channel).await?;
-        let q = channel
-            .queue_declare(
-                "",
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        let replies = channel
-            .basic_consume(
-                q.name().as_str(),
-                "test",
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let submit = SubmitClient::connect(&settings, "submission-test").await?;
         Ok(Client {
             channel,
             topology,
-            replies,
-            reply_queue: q.name().to_string(),
+            submit,
             _conn: conn,
         })
     }
 
     /// Publishes a raw body the way any AMQP client would, and waits for the reply.
     async fn submit(&mut self, body: &[u8]) -> anyhow::Result<SubmissionReply> {
-        let correlation = uuid::Uuid::new_v4().to_string();
-        let props = BasicProperties::default()
-            .with_reply_to(self.reply_queue.clone().into())
-            .with_correlation_id(correlation.clone().into());
-        self.channel
-            .basic_publish(
-                &self.topology.submit_exchange,
-                "submit",
-                BasicPublishOptions::default(),
-                body,
-                props,
-            )
-            .await?;
-        let reply = tokio::time::timeout(T, self.replies.next())
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("reply queue closed"))??;
-        assert_eq!(
-            reply
-                .properties
-                .correlation_id()
-                .as_ref()
-                .map(|c| c.to_string()),
-            Some(correlation)
-        );
-        Ok(serde_json::from_slice(&reply.data)?)
+        Ok(self.submit.submit_raw(body, T).await?)
     }
 
     /// The next dead-lettered message's reason and body.

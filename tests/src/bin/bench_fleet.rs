@@ -11,14 +11,9 @@
 
 use std::time::{Duration, Instant};
 
-use aegis_shared::broker::{SubmissionReply, Topology};
-use aegis_shared::services;
+use aegis_shared::broker::SubmitClient;
 use aegis_tests::eventually;
 use aegis_tests::fleet::Fleet;
-use futures::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
-use lapin::BasicProperties;
 
 const THROUGHPUT_JOBS: usize = 20_000;
 const LATENCY_SAMPLES: usize = 200;
@@ -128,49 +123,13 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // Queue submit → started.
-    let settings = f.settings()?;
-    let topology = Topology::new(&settings);
-    let conn = services::connect_amqp(&settings.amqp_url, "bench").await?;
-    let ch = conn.create_channel().await?;
-    let q = ch
-        .queue_declare(
-            "",
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let mut replies = ch
-        .basic_consume(
-            q.name().as_str(),
-            "bench",
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let mut client = SubmitClient::connect(&f.settings()?, "bench").await?;
     let mut queue_latency = Vec::new();
     for _ in 0..LATENCY_SAMPLES {
         let sent = chrono::Utc::now();
-        let props = BasicProperties::default().with_reply_to(q.name().clone());
-        ch.basic_publish(
-            &topology.submit_exchange,
-            "submit",
-            BasicPublishOptions::default(),
-            br#"{"job":"DiagnosticJob"}"#,
-            props,
-        )
-        .await?;
-        let reply = replies
-            .next()
-            .await
-            .ok_or_else(|| anyhow::anyhow!("no reply"))??;
-        let reply: SubmissionReply = serde_json::from_slice(&reply.data)?;
+        let reply = client
+            .submit_raw(br#"{"job":"DiagnosticJob"}"#, Duration::from_secs(30))
+            .await?;
         let id = reply
             .id
             .ok_or_else(|| anyhow::anyhow!("rejected: {:?}", reply.error))?;
@@ -221,7 +180,7 @@ async fn main() -> anyhow::Result<()> {
     for (name, mb) in idle {
         println!("| idle RSS of {name} | {mb:.1} MB | ≤ 40 MB |");
     }
-    let _ = conn.close(200, "done").await;
+    client.close().await;
     Ok(())
 }
 
