@@ -343,9 +343,18 @@ fn sim_err(e: SimError) -> Response {
     err(status, e)
 }
 
-fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+/// A rejected control request (kept small: clippy's `result_large_err`).
+struct Reject(StatusCode, String);
+
+impl IntoResponse for Reject {
+    fn into_response(self) -> Response {
+        err(self.0, self.1)
+    }
+}
+
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Reject> {
     serde_json::from_slice(body)
-        .map_err(|e| err(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")))
+        .map_err(|e| Reject(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")))
 }
 
 fn ok() -> Response {
@@ -388,7 +397,7 @@ async fn reset(State(ctx): State<Arc<Ctx>>) -> Response {
 async fn seed(State(ctx): State<Arc<Ctx>>, body: axum::body::Bytes) -> Response {
     let fixture: WorldFixture = match parse_body(&body) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     match ctx.seed(&fixture) {
         Ok(()) => ok(),
@@ -409,7 +418,7 @@ struct Advance {
 async fn advance(State(ctx): State<Arc<Ctx>>, body: axum::body::Bytes) -> Response {
     let a: Advance = match parse_body(&body) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     if !(a.seconds.is_finite() && a.seconds >= 0.0) {
         return err(
@@ -448,7 +457,7 @@ enum OneOrMany<T> {
 async fn truth(State(ctx): State<Arc<Ctx>>, body: axum::body::Bytes) -> Response {
     let changes: OneOrMany<TruthChange> = match parse_body(&body) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let changes = match changes {
         OneOrMany::Many(v) => v,
@@ -462,9 +471,9 @@ async fn truth(State(ctx): State<Arc<Ctx>>, body: axum::body::Bytes) -> Response
     ok()
 }
 
-fn parse_ip(ip: &str) -> Result<Ipv4Addr, Response> {
+fn parse_ip(ip: &str) -> Result<Ipv4Addr, Reject> {
     ip.parse().map_err(|_| {
-        err(
+        Reject(
             StatusCode::BAD_REQUEST,
             format!("'{ip}' is not an IPv4 address"),
         )
@@ -474,7 +483,7 @@ fn parse_ip(ip: &str) -> Result<Ipv4Addr, Response> {
 async fn host(State(ctx): State<Arc<Ctx>>, Path(ip): Path<String>) -> Response {
     let ip = match parse_ip(&ip) {
         Ok(ip) => ip,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     match ctx.host_info(ip) {
         Ok(v) => Json(v).into_response(),
@@ -489,11 +498,11 @@ async fn patch_host(
 ) -> Response {
     let ip = match parse_ip(&ip) {
         Ok(ip) => ip,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let patch: HostPatch = match parse_body(&body) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     match ctx.patch_host(ip, &patch) {
         Ok(()) => ok(),
@@ -518,7 +527,7 @@ fn yes() -> bool {
 async fn qualys_scan_state(State(ctx): State<Arc<Ctx>>, body: axum::body::Bytes) -> Response {
     let f: QualysScanForce = match parse_body(&body) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let state = match f.state.as_deref() {
         None => None,
@@ -550,7 +559,7 @@ async fn nexpose_scan_status(
 ) -> Response {
     let f: NexposeScanForce = match parse_body(&body) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     match ctx.force_nexpose_scan_status(id, f.status.as_deref()) {
         Ok(()) => ok(),
@@ -574,7 +583,7 @@ async fn jira_transition(
 ) -> Response {
     let t: HumanTransition = match parse_body(&body) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let user = t.as_user.as_deref().unwrap_or("remediator");
     match ctx.jira_transition_as(&key, &t.to, user, t.comment.as_deref()) {
@@ -598,7 +607,7 @@ async fn list_faults(State(ctx): State<Arc<Ctx>>) -> Response {
 async fn add_fault(State(ctx): State<Arc<Ctx>>, body: axum::body::Bytes) -> Response {
     let spec: FaultSpec = match parse_body(&body) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let id = ctx.inject_fault(spec);
     (StatusCode::CREATED, Json(json!({"id": id}))).into_response()
@@ -627,8 +636,8 @@ async fn journal(State(ctx): State<Arc<Ctx>>, Query(q): Query<JournalQuery>) -> 
     let entries: Vec<JournalEntry> = ctx
         .request_log()
         .into_iter()
-        .filter(|e| q.vendor.map_or(true, |v| v == e.vendor))
-        .filter(|e| q.since_id.map_or(true, |s| e.id > s))
+        .filter(|e| q.vendor.is_none_or(|v| v == e.vendor))
+        .filter(|e| q.since_id.is_none_or(|s| e.id > s))
         .collect();
     Json(entries).into_response()
 }

@@ -337,7 +337,7 @@ fn generated_kb_entry(i: usize) -> KbEntry {
         diagnosis: format!("{product} is prone to a {} issue.", kind.to_lowercase()),
         consequence: format!("Successful exploitation allows {}.", kind.to_lowercase()),
         solution: format!("Upgrade {product} to the latest vendor release."),
-        patchable: h % 4 != 0,
+        patchable: !h.is_multiple_of(4),
         kernel_related: product == "Linux Kernel",
         port,
         proto,

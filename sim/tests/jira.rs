@@ -30,7 +30,13 @@ fn custom_id(fields: &Value, name: &str) -> u64 {
         .expect("customId")
 }
 
-async fn create_ticket(sim: &aegis_sim::Simulator, fields: &Value, device: &str, vid: &str, org: &str) -> (String, String) {
+async fn create_ticket(
+    sim: &aegis_sim::Simulator,
+    fields: &Value,
+    device: &str,
+    vid: &str,
+    org: &str,
+) -> (String, String) {
     let f = |n: &str| field_id(fields, n);
     let body = json!({"fields": {
         "project": {"key": "VULN"},
@@ -49,7 +55,10 @@ async fn create_ticket(sim: &aegis_sim::Simulator, fields: &Value, device: &str,
     }});
     let (status, v) = jira(sim, Method::POST, "/rest/api/2/issue", Some(body)).await;
     assert_eq!(status, 201, "{v}");
-    (v["id"].as_str().expect("id").to_string(), v["key"].as_str().expect("key").to_string())
+    (
+        v["id"].as_str().expect("id").to_string(),
+        v["key"].as_str().expect("key").to_string(),
+    )
 }
 
 #[tokio::test]
@@ -57,29 +66,86 @@ async fn startup_metadata_has_the_aegis_schema_and_statuses() {
     let sim = start(1, 1).await;
     let (s, fields) = jira(&sim, Method::GET, "/rest/api/latest/field", None).await;
     assert_eq!(s, 200);
-    for name in ["Key", "Project", "Status", "Updated", "Summary", "Description", "Created", "Due date"] {
+    for name in [
+        "Key",
+        "Project",
+        "Status",
+        "Updated",
+        "Summary",
+        "Description",
+        "Created",
+        "Due date",
+    ] {
         field_id(&fields, name);
     }
     for name in [
-        "Method of Discovery", "Hostname", "IP Address", "MAC Address", "Service Port", "Solution",
-        "VRR Priority", "Scan/Alert Date", "Assignment Group", "Resolution Date", "Reopen Reason",
-        "Operating System", "Vulnerability", "cvss_score", "VulnerabilityID", "OWASP", "Exception Date",
-        "Exception Expiration", "LastChecked", "GroupID", "DeviceID", "ScanID", "Org", "SystemName", "CERF",
-        "CVE References", "VendorRef", "OS_Detailed", "Config", "CloudID", "Application Name",
-        "Tracking Method", "Patchable", "Category",
+        "Method of Discovery",
+        "Hostname",
+        "IP Address",
+        "MAC Address",
+        "Service Port",
+        "Solution",
+        "VRR Priority",
+        "Scan/Alert Date",
+        "Assignment Group",
+        "Resolution Date",
+        "Reopen Reason",
+        "Operating System",
+        "Vulnerability",
+        "cvss_score",
+        "VulnerabilityID",
+        "OWASP",
+        "Exception Date",
+        "Exception Expiration",
+        "LastChecked",
+        "GroupID",
+        "DeviceID",
+        "ScanID",
+        "Org",
+        "SystemName",
+        "CERF",
+        "CVE References",
+        "VendorRef",
+        "OS_Detailed",
+        "Config",
+        "CloudID",
+        "Application Name",
+        "Tracking Method",
+        "Patchable",
+        "Category",
     ] {
-        let f = fields.as_array().expect("array").iter().find(|f| f["name"] == name).expect(name);
+        let f = fields
+            .as_array()
+            .expect("array")
+            .iter()
+            .find(|f| f["name"] == name)
+            .expect(name);
         assert_eq!(f["custom"], true);
         assert!(f["schema"]["customId"].is_u64());
         assert!(f["id"].as_str().expect("id").starts_with("customfield_"));
     }
     let (s, statuses) = jira(&sim, Method::GET, "/rest/api/2/status", None).await;
     assert_eq!(s, 200);
-    let names: Vec<&str> = statuses.as_array().expect("array").iter().map(|s| s["name"].as_str().expect("name")).collect();
+    let names: Vec<&str> = statuses
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|s| s["name"].as_str().expect("name"))
+        .collect();
     for st in [
-        "Open", "In-Progress", "Reopened", "Resolved-Remediated", "Resolved-FalsePositive", "Resolved-Decommissioned",
-        "Resolved-Exception", "Closed-Remediated", "Closed-Exception", "Closed-False-Positive", "Closed-FalsePositive",
-        "Closed-Decommission", "Scan-Error",
+        "Open",
+        "In-Progress",
+        "Reopened",
+        "Resolved-Remediated",
+        "Resolved-FalsePositive",
+        "Resolved-Decommissioned",
+        "Resolved-Exception",
+        "Closed-Remediated",
+        "Closed-Exception",
+        "Closed-False-Positive",
+        "Closed-FalsePositive",
+        "Closed-Decommission",
+        "Scan-Error",
     ] {
         assert!(names.contains(&st), "{st} missing");
     }
@@ -89,7 +155,11 @@ async fn startup_metadata_has_the_aegis_schema_and_statuses() {
     assert!(res[0]["name"].is_string() && res[0]["self"].is_string());
     let (s, types) = jira(&sim, Method::GET, "/rest/api/2/issuetype", None).await;
     assert_eq!(s, 200);
-    assert!(types.as_array().expect("array").iter().any(|t| t["name"] == "Request" && t["subtask"] == false));
+    assert!(types
+        .as_array()
+        .expect("array")
+        .iter()
+        .any(|t| t["name"] == "Request" && t["subtask"] == false));
     let (s, info) = jira(&sim, Method::GET, "/rest/api/2/serverInfo", None).await;
     assert_eq!(s, 200);
     assert_eq!(info["deploymentType"], "Server");
@@ -98,7 +168,11 @@ async fn startup_metadata_has_the_aegis_schema_and_statuses() {
     assert_eq!(projects[0]["key"], "VULN");
     let (s, links) = jira(&sim, Method::GET, "/rest/api/2/issueLinkType", None).await;
     assert_eq!(s, 200);
-    assert!(links["issueLinkTypes"].as_array().expect("array").iter().any(|l| l["name"] == "Related"));
+    assert!(links["issueLinkTypes"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .any(|l| l["name"] == "Related"));
     sim.shutdown().await;
 }
 
@@ -139,12 +213,22 @@ async fn created_issue_reads_back_with_real_jira_shapes() {
     assert!(f["resolution"].is_null());
     assert_eq!(f["duedate"], "2030-01-31");
     let created = f["created"].as_str().expect("created");
-    assert_eq!(created.len(), "2020-04-21T17:18:30.000+0000".len(), "{created}");
+    assert_eq!(
+        created.len(),
+        "2020-04-21T17:18:30.000+0000".len(),
+        "{created}"
+    );
     assert!(created.ends_with("+0000"));
     assert_eq!(f[field_id(&fields, "DeviceID")], "1001");
-    assert_eq!(f[field_id(&fields, "Method of Discovery")]["value"], "Qualys");
+    assert_eq!(
+        f[field_id(&fields, "Method of Discovery")]["value"],
+        "Qualys"
+    );
     assert_eq!(f[field_id(&fields, "cvss_score")]["value"], "7.5");
-    assert_eq!(f[field_id(&fields, "Assignment Group")]["name"], "grp-sec-ops");
+    assert_eq!(
+        f[field_id(&fields, "Assignment Group")]["name"],
+        "grp-sec-ops"
+    );
     assert_eq!(f[field_id(&fields, "Scan/Alert Date")], "2021-03-04");
     assert!(f[field_id(&fields, "CERF")].is_null());
     assert_eq!(f["project"]["key"], "VULN");
@@ -160,14 +244,23 @@ async fn created_issue_reads_back_with_real_jira_shapes() {
 async fn invalid_writes_are_rejected_with_field_errors() {
     let sim = start(1, 1).await;
     let (_, fields) = jira(&sim, Method::GET, "/rest/api/latest/field", None).await;
-    let (s, v) = jira(&sim, Method::POST, "/rest/api/2/issue", Some(json!({"fields": {"project": {"key": "VULN"}, "issuetype": {"name": "Request"}}}))).await;
+    let (s, v) = jira(
+        &sim,
+        Method::POST,
+        "/rest/api/2/issue",
+        Some(json!({"fields": {"project": {"key": "VULN"}, "issuetype": {"name": "Request"}}})),
+    )
+    .await;
     assert_eq!(s, 400);
     assert!(v["errors"]["summary"].is_string());
     let body = json!({"fields": {"project": {"key": "VULN"}, "issuetype": {"name": "Request"}, "summary": "x",
                                   "customfield_99999": "y", field_id(&fields, "OWASP"): {"value": "Nope"}}});
     let (s, v) = jira(&sim, Method::POST, "/rest/api/2/issue", Some(body)).await;
     assert_eq!(s, 400);
-    assert!(v["errors"]["customfield_99999"].as_str().expect("err").contains("cannot be set"));
+    assert!(v["errors"]["customfield_99999"]
+        .as_str()
+        .expect("err")
+        .contains("cannot be set"));
     assert!(v["errors"][field_id(&fields, "OWASP")].is_string());
     // Malformed JSON.
     let resp = common::client()
@@ -186,7 +279,13 @@ async fn invalid_writes_are_rejected_with_field_errors() {
     assert_eq!(s, 404);
     assert_eq!(v["errorMessages"][0], "Issue Does Not Exist");
     // Trailing-slash create is a Go-Aegis quirk: strict says 404.
-    let (s, _) = jira(&sim, Method::POST, "/rest/api/2/issue/", Some(json!({"fields": {}}))).await;
+    let (s, _) = jira(
+        &sim,
+        Method::POST,
+        "/rest/api/2/issue/",
+        Some(json!({"fields": {}})),
+    )
+    .await;
     assert_eq!(s, 404);
     sim.shutdown().await;
 }
@@ -201,18 +300,35 @@ async fn edit_updates_fields_links_and_bumps_updated() {
     sim.advance_clock(std::time::Duration::from_secs(120));
     let body = json!({"fields": {field_id(&fields, "CERF"): "CERF-1", field_id(&fields, "Exception Expiration"): null,
                                  "assignee": {"name": "jdoe"}}});
-    let (s, v) = jira(&sim, Method::PUT, &format!("/rest/api/2/issue/{a}"), Some(body)).await;
+    let (s, v) = jira(
+        &sim,
+        Method::PUT,
+        &format!("/rest/api/2/issue/{a}"),
+        Some(body),
+    )
+    .await;
     assert_eq!(s, 204, "{v}");
     let link = json!({"update": {"issuelinks": [{"add": {"type": {"name": "Related", "inward": "", "outward": ""}, "outwardIssue": {"key": b}}}]}});
-    let (s, v) = jira(&sim, Method::PUT, &format!("/rest/api/2/issue/{a}"), Some(link)).await;
+    let (s, v) = jira(
+        &sim,
+        Method::PUT,
+        &format!("/rest/api/2/issue/{a}"),
+        Some(link),
+    )
+    .await;
     assert_eq!(s, 204, "{v}");
     let (_, after) = jira(&sim, Method::GET, &format!("/rest/api/2/issue/{a}"), None).await;
     assert_eq!(after["fields"][field_id(&fields, "CERF")], "CERF-1");
     assert_eq!(after["fields"]["assignee"]["name"], "jdoe");
     assert_eq!(after["fields"]["issuelinks"][0]["outwardIssue"]["key"], b);
     assert_ne!(before["fields"]["updated"], after["fields"]["updated"]);
-    let (_, linked) = jira(&sim, Method::POST, "/rest/api/latest/search",
-        Some(json!({"jql": format!("issue in linkedIssues(\"{a}\")")}))).await;
+    let (_, linked) = jira(
+        &sim,
+        Method::POST,
+        "/rest/api/latest/search",
+        Some(json!({"jql": format!("issue in linkedIssues(\"{a}\")")})),
+    )
+    .await;
     assert_eq!(linked["total"], 1);
     assert_eq!(linked["issues"][0]["key"], b);
     sim.shutdown().await;
@@ -221,7 +337,10 @@ async fn edit_updates_fields_links_and_bumps_updated() {
 #[tokio::test]
 async fn search_pages_with_start_at_and_caps_max_results() {
     let sim = start_with(SimConfig {
-        jira: JiraSettings { max_results_cap: 50, ..Default::default() },
+        jira: JiraSettings {
+            max_results_cap: 50,
+            ..Default::default()
+        },
         ..Default::default()
     })
     .await;
@@ -229,12 +348,20 @@ async fn search_pages_with_start_at_and_caps_max_results() {
     for i in 0..120 {
         create_ticket(&sim, &fields, &i.to_string(), "1", "ORG").await;
     }
-    let (s, count) = jira(&sim, Method::POST, "/rest/api/latest/search",
-        Some(json!({"jql": "\"project\" = VULN ORDER BY created ASC", "maxResults": 1}))).await;
+    let (s, count) = jira(
+        &sim,
+        Method::POST,
+        "/rest/api/latest/search",
+        Some(json!({"jql": "\"project\" = VULN ORDER BY created ASC", "maxResults": 1})),
+    )
+    .await;
     assert_eq!(s, 200);
     assert_eq!(count["total"], 120);
     assert_eq!(count["issues"].as_array().expect("issues").len(), 1);
-    assert!(count["issues"][0]["fields"][field_id(&fields, "DeviceID")].is_string(), "custom fields in search results");
+    assert!(
+        count["issues"][0]["fields"][field_id(&fields, "DeviceID")].is_string(),
+        "custom fields in search results"
+    );
     let mut keys = Vec::new();
     let mut start = 0;
     loop {
@@ -246,7 +373,11 @@ async fn search_pages_with_start_at_and_caps_max_results() {
             break;
         }
         start += issues.len();
-        keys.extend(issues.iter().map(|i| i["key"].as_str().expect("key").to_string()));
+        keys.extend(
+            issues
+                .iter()
+                .map(|i| i["key"].as_str().expect("key").to_string()),
+        );
     }
     assert_eq!(keys.len(), 120);
     assert_eq!(keys[0], "VULN-1");
@@ -266,13 +397,25 @@ async fn jql_subset_aegis_generates_selects_the_right_tickets() {
     let (_, k1) = create_ticket(&sim, &fields, "123", "38739", "ORG").await;
     let (_, k2) = create_ticket(&sim, &fields, "1234", "38740", "ORG").await;
     let (_, k3) = create_ticket(&sim, &fields, "123", "38741", "OTHER").await;
-    sim.jira_transition(&k1, "Resolved-Remediated").expect("transition");
+    sim.jira_transition(&k1, "Resolved-Remediated")
+        .expect("transition");
     let search = |jql: String| {
         let sim = &sim;
         async move {
-            let (s, v) = jira(sim, Method::POST, "/rest/api/latest/search", Some(json!({"jql": jql}))).await;
+            let (s, v) = jira(
+                sim,
+                Method::POST,
+                "/rest/api/latest/search",
+                Some(json!({"jql": jql})),
+            )
+            .await;
             assert_eq!(s, 200, "{v}");
-            let mut keys: Vec<String> = v["issues"].as_array().expect("issues").iter().map(|i| i["key"].as_str().expect("k").to_string()).collect();
+            let mut keys: Vec<String> = v["issues"]
+                .as_array()
+                .expect("issues")
+                .iter()
+                .map(|i| i["key"].as_str().expect("k").to_string())
+                .collect();
             keys.sort();
             keys
         }
@@ -291,12 +434,35 @@ async fn jql_subset_aegis_generates_selects_the_right_tickets() {
         vec![k3.clone()]
     );
     assert_eq!(
-        search(format!("\"project\" = VULN AND \"key\" not in ({k1},{k3}) AND \"CF[{cerf}]\" IS EMPTY")).await,
+        search(format!(
+            "\"project\" = VULN AND \"key\" not in ({k1},{k3}) AND \"CF[{cerf}]\" IS EMPTY"
+        ))
+        .await,
         vec![k2.clone()]
     );
-    assert_eq!(search("\"project\" = VULN AND \"updated\" > \"2000/01/01 00:00\" AND \"created\" <= -0d".into()).await.len(), 3);
-    assert_eq!(search("\"project\" = VULN AND (\"due\" <= 15d OR \"created\" <= -20d)".into()).await.len(), 0);
-    assert_eq!(search(format!("\"project\" = VULN AND \"CF[{cerf}]\" IS NOT EMPTY")).await.len(), 0);
+    assert_eq!(
+        search(
+            "\"project\" = VULN AND \"updated\" > \"2000/01/01 00:00\" AND \"created\" <= -0d"
+                .into()
+        )
+        .await
+        .len(),
+        3
+    );
+    assert_eq!(
+        search("\"project\" = VULN AND (\"due\" <= 15d OR \"created\" <= -20d)".into())
+            .await
+            .len(),
+        0
+    );
+    assert_eq!(
+        search(format!(
+            "\"project\" = VULN AND \"CF[{cerf}]\" IS NOT EMPTY"
+        ))
+        .await
+        .len(),
+        0
+    );
     sim.shutdown().await;
 }
 
@@ -311,7 +477,13 @@ async fn jql_it_does_not_understand_gets_jiras_400() {
         "issue in membersOf(\"x\")",
         "\"status\" ~ Open",
     ] {
-        let (s, v) = jira(&sim, Method::POST, "/rest/api/latest/search", Some(json!({"jql": jql}))).await;
+        let (s, v) = jira(
+            &sim,
+            Method::POST,
+            "/rest/api/latest/search",
+            Some(json!({"jql": jql})),
+        )
+        .await;
         assert_eq!(s, 400, "{jql}");
         assert!(v["errorMessages"][0].is_string(), "{jql}: {v}");
     }
@@ -323,40 +495,109 @@ async fn workflow_transitions_follow_the_aegis_workflow() {
     let sim = start(1, 1).await;
     let (_, fields) = jira(&sim, Method::GET, "/rest/api/latest/field", None).await;
     let (id, key) = create_ticket(&sim, &fields, "1", "1", "ORG").await;
-    let (s, t) = jira(&sim, Method::GET, &format!("/rest/api/2/issue/{key}/transitions?expand=transitions.fields"), None).await;
+    let (s, t) = jira(
+        &sim,
+        Method::GET,
+        &format!("/rest/api/2/issue/{key}/transitions?expand=transitions.fields"),
+        None,
+    )
+    .await;
     assert_eq!(s, 200);
-    let resolve = t["transitions"].as_array().expect("transitions").iter()
-        .find(|t| t["to"]["name"] == "Resolved-Remediated").expect("resolve offered").clone();
+    let resolve = t["transitions"]
+        .as_array()
+        .expect("transitions")
+        .iter()
+        .find(|t| t["to"]["name"] == "Resolved-Remediated")
+        .expect("resolve offered")
+        .clone();
     let res_date = field_id(&fields, "Resolution Date");
     assert_eq!(resolve["fields"][&res_date]["name"], "Resolution Date");
     // A person resolves it through the public API as another user.
     let body = json!({"transition": {"id": resolve["id"], "Unknowns": {}},
                       "fields": {&res_date: "2021-03-04T05:06:07.000+0000"},
                       "update": {"comment": [{"add": {"body": "fixed it"}}]}});
-    let (s, v) = jira_as(&sim, "remediator", Method::POST, &format!("/rest/api/2/issue/{key}/transitions"), Some(body)).await;
+    let (s, v) = jira_as(
+        &sim,
+        "remediator",
+        Method::POST,
+        &format!("/rest/api/2/issue/{key}/transitions"),
+        Some(body),
+    )
+    .await;
     assert_eq!(s, 204, "{v}");
     let (_, issue) = jira(&sim, Method::GET, &format!("/rest/api/2/issue/{key}"), None).await;
     assert_eq!(issue["fields"]["status"]["name"], "Resolved-Remediated");
     assert!(issue["fields"]["resolutiondate"].is_string());
-    assert_eq!(issue["fields"]["comment"]["comments"][0]["author"]["name"], "remediator");
+    assert_eq!(
+        issue["fields"]["comment"]["comments"][0]["author"]["name"],
+        "remediator"
+    );
     // Reopen requires Reopen Reason (required screen field).
-    let (_, t) = jira(&sim, Method::GET, &format!("/rest/api/2/issue/{key}/transitions?expand=transitions.fields"), None).await;
-    let reopen = t["transitions"].as_array().expect("t").iter().find(|t| t["to"]["name"] == "Reopened").expect("reopen").clone();
-    let (s, v) = jira(&sim, Method::POST, &format!("/rest/api/2/issue/{key}/transitions"), Some(json!({"transition": {"id": reopen["id"]}}))).await;
+    let (_, t) = jira(
+        &sim,
+        Method::GET,
+        &format!("/rest/api/2/issue/{key}/transitions?expand=transitions.fields"),
+        None,
+    )
+    .await;
+    let reopen = t["transitions"]
+        .as_array()
+        .expect("t")
+        .iter()
+        .find(|t| t["to"]["name"] == "Reopened")
+        .expect("reopen")
+        .clone();
+    let (s, v) = jira(
+        &sim,
+        Method::POST,
+        &format!("/rest/api/2/issue/{key}/transitions"),
+        Some(json!({"transition": {"id": reopen["id"]}})),
+    )
+    .await;
     assert_eq!(s, 400);
     assert!(v["errors"][field_id(&fields, "Reopen Reason")].is_string());
     // A transition not offered from this status.
-    let (s, v) = jira(&sim, Method::POST, &format!("/rest/api/2/issue/{key}/transitions"), Some(json!({"transition": {"id": "11"}}))).await;
+    let (s, v) = jira(
+        &sim,
+        Method::POST,
+        &format!("/rest/api/2/issue/{key}/transitions"),
+        Some(json!({"transition": {"id": "11"}})),
+    )
+    .await;
     assert_eq!(s, 400);
-    assert!(v["errorMessages"][0].as_str().expect("msg").contains("not valid"));
+    assert!(v["errorMessages"][0]
+        .as_str()
+        .expect("msg")
+        .contains("not valid"));
     // Close via control API, then only Reopen is offered.
-    sim.jira_transition(&key, "Closed-Remediated").expect("close");
-    let (_, t) = jira(&sim, Method::GET, &format!("/rest/api/2/issue/{key}/transitions"), None).await;
-    let offered: Vec<&str> = t["transitions"].as_array().expect("t").iter().map(|t| t["to"]["name"].as_str().expect("n")).collect();
+    sim.jira_transition(&key, "Closed-Remediated")
+        .expect("close");
+    let (_, t) = jira(
+        &sim,
+        Method::GET,
+        &format!("/rest/api/2/issue/{key}/transitions"),
+        None,
+    )
+    .await;
+    let offered: Vec<&str> = t["transitions"]
+        .as_array()
+        .expect("t")
+        .iter()
+        .map(|t| t["to"]["name"].as_str().expect("n"))
+        .collect();
     assert_eq!(offered, vec!["Reopened"]);
-    assert!(t["transitions"][0].get("fields").is_none(), "fields only with expand");
+    assert!(
+        t["transitions"][0].get("fields").is_none(),
+        "fields only with expand"
+    );
     // Comment by numeric id.
-    let (s, c) = jira(&sim, Method::POST, &format!("/rest/api/2/issue/{id}/comment"), Some(json!({"body": "scan/123 closed", "author": {"avatarUrls": {}}, "visibility": {}}))).await;
+    let (s, c) = jira(
+        &sim,
+        Method::POST,
+        &format!("/rest/api/2/issue/{id}/comment"),
+        Some(json!({"body": "scan/123 closed", "author": {"avatarUrls": {}}, "visibility": {}})),
+    )
+    .await;
     assert_eq!(s, 201);
     assert_eq!(c["body"], "scan/123 closed");
     sim.shutdown().await;
@@ -369,15 +610,33 @@ async fn user_lookup_answers_username_and_account_id() {
     assert_eq!(s, 200);
     assert_eq!(u["name"], "aegis");
     assert_eq!(u["active"], true);
-    let (s, _) = jira(&sim, Method::GET, "/rest/api/2/user?username=remediator", None).await;
+    let (s, _) = jira(
+        &sim,
+        Method::GET,
+        "/rest/api/2/user?username=remediator",
+        None,
+    )
+    .await;
     assert_eq!(s, 200);
     let (s, v) = jira(&sim, Method::GET, "/rest/api/2/user?username=ghost", None).await;
     assert_eq!(s, 404);
     assert!(v["errorMessages"][0].is_string());
-    let (s, g) = jira(&sim, Method::GET, "/rest/api/2/groups/picker?query=sec", None).await;
+    let (s, g) = jira(
+        &sim,
+        Method::GET,
+        "/rest/api/2/groups/picker?query=sec",
+        None,
+    )
+    .await;
     assert_eq!(s, 200);
     assert_eq!(g["groups"][0]["name"], "grp-sec-ops");
-    let (s, meta) = jira(&sim, Method::GET, "/rest/api/2/issue/createmeta?projectKeys=VULN&expand=projects.issuetypes.fields", None).await;
+    let (s, meta) = jira(
+        &sim,
+        Method::GET,
+        "/rest/api/2/issue/createmeta?projectKeys=VULN&expand=projects.issuetypes.fields",
+        None,
+    )
+    .await;
     assert_eq!(s, 200);
     assert!(meta["projects"][0]["issuetypes"][0]["fields"]["summary"]["required"] == true);
     sim.shutdown().await;

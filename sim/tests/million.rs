@@ -20,7 +20,11 @@ fn rss_kib() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_million_detections_stream_with_flat_memory() {
     let sim = common::start_with(SimConfig {
-        estate: EstateSpec { hosts: 50_000, detections_per_host: 20, seed: 7 },
+        estate: EstateSpec {
+            hosts: 50_000,
+            detections_per_host: 20,
+            seed: 7,
+        },
         ..Default::default()
     })
     .await;
@@ -38,7 +42,10 @@ async fn one_million_detections_stream_with_flat_memory() {
         .await
         .expect("send");
     assert_eq!(resp.status().as_u16(), 200);
-    assert!(resp.headers().get("content-length").is_none(), "streamed, not buffered");
+    assert!(
+        resp.headers().get("content-length").is_none(),
+        "streamed, not buffered"
+    );
     let detection = memchr::memmem::Finder::new(b"<DETECTION>");
     let host = memchr::memmem::Finder::new(b"<HOST>");
     let (mut detections, mut hosts, mut bytes, mut peak) = (0usize, 0usize, 0usize, baseline);
@@ -58,7 +65,7 @@ async fn one_million_detections_stream_with_flat_memory() {
         tail = window[window.len() - keep..].to_vec();
         last = window[window.len().saturating_sub(64)..].to_vec();
         chunks += 1;
-        if chunks % 64 == 0 {
+        if chunks.is_multiple_of(64) {
             peak = peak.max(rss_kib());
         }
     }
@@ -69,7 +76,12 @@ async fn one_million_detections_stream_with_flat_memory() {
         bytes / (1024 * 1024), baseline / 1024, peak / 1024);
     assert_eq!(hosts, 50_000);
     assert_eq!(detections, 1_000_000);
-    assert!(String::from_utf8_lossy(&last).trim_end().ends_with("</HOST_LIST_VM_DETECTION_OUTPUT>"));
-    assert!(growth_mib < 150, "RSS grew by {growth_mib} MiB while streaming");
+    assert!(String::from_utf8_lossy(&last)
+        .trim_end()
+        .ends_with("</HOST_LIST_VM_DETECTION_OUTPUT>"));
+    assert!(
+        growth_mib < 150,
+        "RSS grew by {growth_mib} MiB while streaming"
+    );
     sim.shutdown().await;
 }

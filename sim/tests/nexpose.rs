@@ -29,24 +29,65 @@ async fn wrong_credentials_get_401() {
 async fn site_assets_page_with_total_pages_and_links() {
     let sim = start(1203, 2).await;
     let mut ips = Vec::new();
-    let (s, first) = nexpose(&sim, Method::GET, "/api/3/sites/1/assets?page=0&size=500&sort=ip", None).await;
+    let (s, first) = nexpose(
+        &sim,
+        Method::GET,
+        "/api/3/sites/1/assets?page=0&size=500&sort=ip",
+        None,
+    )
+    .await;
     assert_eq!(s, 200);
-    assert_eq!(first["page"]["totalResources"], 1000, "site 1 holds the first block of 1000 hosts");
+    assert_eq!(
+        first["page"]["totalResources"], 1000,
+        "site 1 holds the first block of 1000 hosts"
+    );
     assert_eq!(first["page"]["totalPages"], 2);
     assert_eq!(first["page"]["size"], 500);
-    assert!(first["links"].as_array().expect("links").iter().any(|l| l["rel"] == "next"));
+    assert!(first["links"]
+        .as_array()
+        .expect("links")
+        .iter()
+        .any(|l| l["rel"] == "next"));
     for page in 0..2 {
-        let (_, v) = nexpose(&sim, Method::GET, &format!("/api/3/sites/1/assets?page={page}&size=500&sort="), None).await;
-        ips.extend(v["resources"].as_array().expect("resources").iter().map(|a| a["ip"].as_str().expect("ip").to_string()));
+        let (_, v) = nexpose(
+            &sim,
+            Method::GET,
+            &format!("/api/3/sites/1/assets?page={page}&size=500&sort="),
+            None,
+        )
+        .await;
+        ips.extend(
+            v["resources"]
+                .as_array()
+                .expect("resources")
+                .iter()
+                .map(|a| a["ip"].as_str().expect("ip").to_string()),
+        );
     }
     assert_eq!(ips.len(), 1000);
     let a = &first["resources"][0];
-    for key in ["id", "ip", "hostName", "mac", "os", "addresses", "hostNames", "ids", "history"] {
+    for key in [
+        "id",
+        "ip",
+        "hostName",
+        "mac",
+        "os",
+        "addresses",
+        "hostNames",
+        "ids",
+        "history",
+    ] {
         assert!(a.get(key).is_some(), "asset lacks {key}");
     }
     assert!(a["id"].is_u64());
     // Size is capped at 500 like the real console.
-    let (_, v) = nexpose(&sim, Method::GET, "/api/3/sites/2/assets?page=0&size=5000", None).await;
+    let (_, v) = nexpose(
+        &sim,
+        Method::GET,
+        "/api/3/sites/2/assets?page=0&size=5000",
+        None,
+    )
+    .await;
     assert_eq!(v["page"]["size"], 500);
     assert_eq!(v["page"]["totalResources"], 203);
     let (s, v) = nexpose(&sim, Method::GET, "/api/3/sites/77/assets", None).await;
@@ -58,33 +99,77 @@ async fn site_assets_page_with_total_pages_and_links() {
 #[tokio::test]
 async fn findings_vulnerabilities_solutions_and_checks_have_aegis_shapes() {
     let sim = start(3, 4).await;
-    let (s, f) = nexpose(&sim, Method::GET, "/api/3/assets/1/vulnerabilities?page=0&size=500&sort=", None).await;
+    let (s, f) = nexpose(
+        &sim,
+        Method::GET,
+        "/api/3/assets/1/vulnerabilities?page=0&size=500&sort=",
+        None,
+    )
+    .await;
     assert_eq!(s, 200);
     let findings = f["resources"].as_array().expect("findings");
     assert_eq!(findings.len(), 4);
     let finding = &findings[0];
     assert_eq!(finding["status"], "vulnerable");
-    assert!(chrono::DateTime::parse_from_rfc3339(finding["since"].as_str().expect("since")).is_ok());
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(finding["since"].as_str().expect("since")).is_ok()
+    );
     let r = &finding["results"][0];
     assert!(r["port"].is_u64() && r["protocol"].is_string() && r["proof"].is_string());
-    assert!(r.get("key").is_none(), "results carry no key (Aegis would append ';')");
+    assert!(
+        r.get("key").is_none(),
+        "results carry no key (Aegis would append ';')"
+    );
     let vid = finding["id"].as_str().expect("id");
     assert!(!vid.contains('.'));
-    let (s, v) = nexpose(&sim, Method::GET, &format!("/api/3/vulnerabilities/{vid}"), None).await;
+    let (s, v) = nexpose(
+        &sim,
+        Method::GET,
+        &format!("/api/3/vulnerabilities/{vid}"),
+        None,
+    )
+    .await;
     assert_eq!(s, 200);
     assert!(v["cvss"]["v2"]["score"].is_number() && v["cvss"]["v3"]["score"].is_number());
     let modified = v["modified"].as_str().expect("modified");
-    assert!(chrono::NaiveDate::parse_from_str(modified, "%Y-%m-%d").is_ok(), "{modified}");
-    let (_, sols) = nexpose(&sim, Method::GET, &format!("/api/3/vulnerabilities/{vid}/solutions"), None).await;
+    assert!(
+        chrono::NaiveDate::parse_from_str(modified, "%Y-%m-%d").is_ok(),
+        "{modified}"
+    );
+    let (_, sols) = nexpose(
+        &sim,
+        Method::GET,
+        &format!("/api/3/vulnerabilities/{vid}/solutions"),
+        None,
+    )
+    .await;
     let sol = sols["resources"][0].as_str().expect("solution id");
     let (s, solution) = nexpose(&sim, Method::GET, &format!("/api/3/solutions/{sol}"), None).await;
     assert_eq!(s, 200);
     assert!(solution["steps"]["text"].is_string() && solution["summary"]["text"].is_string());
-    let (_, checks) = nexpose(&sim, Method::GET, &format!("/api/3/vulnerabilities/{vid}/checks"), None).await;
+    let (_, checks) = nexpose(
+        &sim,
+        Method::GET,
+        &format!("/api/3/vulnerabilities/{vid}/checks"),
+        None,
+    )
+    .await;
     assert!(checks["resources"][0].is_string());
-    let (_, refs) = nexpose(&sim, Method::GET, &format!("/api/3/vulnerabilities/{vid}/references?page=0&size=500&sort="), None).await;
+    let (_, refs) = nexpose(
+        &sim,
+        Method::GET,
+        &format!("/api/3/vulnerabilities/{vid}/references?page=0&size=500&sort="),
+        None,
+    )
+    .await;
     assert!(refs["resources"][0]["reference"].is_string());
-    let (_, all) = nexpose(&sim, Method::GET, "/api/3/vulnerabilities?page=0&size=50", None).await;
+    let (_, all) = nexpose(
+        &sim,
+        Method::GET,
+        "/api/3/vulnerabilities?page=0&size=50",
+        None,
+    )
+    .await;
     assert_eq!(all["page"]["totalPages"], 4);
     let (s, engine) = nexpose(&sim, Method::GET, "/api/3/sites/1/scan_engine", None).await;
     assert_eq!(s, 200);
@@ -97,22 +182,45 @@ async fn findings_vulnerabilities_solutions_and_checks_have_aegis_shapes() {
 #[tokio::test]
 async fn rescan_with_a_template_copy_makes_remediated_findings_disappear() {
     let sim = start_with(SimConfig {
-        estate: aegis_sim::EstateSpec { hosts: 3, detections_per_host: 3, seed: 9 },
+        estate: aegis_sim::EstateSpec {
+            hosts: 3,
+            detections_per_host: 3,
+            seed: 9,
+        },
         scan_timing: ScanTiming::fast(),
         ..Default::default()
     })
     .await;
-    let (_, f) = nexpose(&sim, Method::GET, "/api/3/assets/2/vulnerabilities?size=500", None).await;
+    let (_, f) = nexpose(
+        &sim,
+        Method::GET,
+        "/api/3/assets/2/vulnerabilities?size=500",
+        None,
+    )
+    .await;
     let first = &f["resources"][0];
     let vid = first["id"].as_str().expect("id").to_string();
     let port = first["results"][0]["port"].as_u64().expect("port") as u16;
     let qid: u32 = vid.trim_start_matches("sim-vuln-").parse().expect("qid");
     let ip = "10.1.0.2".parse().expect("ip");
-    sim.fix_vulnerability(ip, qid, port, Proto::Tcp).expect("fix");
+    sim.fix_vulnerability(ip, qid, port, Proto::Tcp)
+        .expect("fix");
     // Aegis: N11 template, N9 checks, N12 copy with checks enabled, N10 engine, N14 start.
-    let (s, mut template) = nexpose(&sim, Method::GET, "/api/3/scan_templates/full-audit-without-web-spider", None).await;
+    let (s, mut template) = nexpose(
+        &sim,
+        Method::GET,
+        "/api/3/scan_templates/full-audit-without-web-spider",
+        None,
+    )
+    .await;
     assert_eq!(s, 200);
-    let (_, checks) = nexpose(&sim, Method::GET, &format!("/api/3/vulnerabilities/{vid}/checks"), None).await;
+    let (_, checks) = nexpose(
+        &sim,
+        Method::GET,
+        &format!("/api/3/vulnerabilities/{vid}/checks"),
+        None,
+    )
+    .await;
     template["name"] = json!("aegis-rescan-2021-03-04");
     template["checks"]["individual"]["enabled"] = checks["resources"].clone();
     let (s, created) = nexpose(&sim, Method::POST, "/api/3/scan_templates", Some(template)).await;
@@ -128,14 +236,44 @@ async fn rescan_with_a_template_copy_makes_remediated_findings_disappear() {
         (s["status"] == "finished").then_some(())
     })
     .await;
-    let (_, after) = nexpose(&sim, Method::GET, "/api/3/assets/2/vulnerabilities?size=500", None).await;
-    let ids: Vec<&str> = after["resources"].as_array().expect("r").iter().map(|f| f["id"].as_str().expect("id")).collect();
-    assert!(!ids.contains(&vid.as_str()), "remediated finding disappears: {ids:?}");
-    assert_eq!(ids.len(), 2, "the other findings were not in the template's scope and stay");
+    let (_, after) = nexpose(
+        &sim,
+        Method::GET,
+        "/api/3/assets/2/vulnerabilities?size=500",
+        None,
+    )
+    .await;
+    let ids: Vec<&str> = after["resources"]
+        .as_array()
+        .expect("r")
+        .iter()
+        .map(|f| f["id"].as_str().expect("id"))
+        .collect();
+    assert!(
+        !ids.contains(&vid.as_str()),
+        "remediated finding disappears: {ids:?}"
+    );
+    assert_eq!(
+        ids.len(),
+        2,
+        "the other findings were not in the template's scope and stay"
+    );
     // Clean-up as Aegis does: N13 then N11 → 404.
-    let (s, _) = nexpose(&sim, Method::DELETE, &format!("/api/3/scan_templates/{template_id}"), None).await;
+    let (s, _) = nexpose(
+        &sim,
+        Method::DELETE,
+        &format!("/api/3/scan_templates/{template_id}"),
+        None,
+    )
+    .await;
     assert_eq!(s, 200);
-    let (s, _) = nexpose(&sim, Method::GET, &format!("/api/3/scan_templates/{template_id}"), None).await;
+    let (s, _) = nexpose(
+        &sim,
+        Method::GET,
+        &format!("/api/3/scan_templates/{template_id}"),
+        None,
+    )
+    .await;
     assert_eq!(s, 404);
     assert_eq!(sim.state_summary()["nexpose"]["template_copies"], 0);
     sim.shutdown().await;
@@ -144,16 +282,37 @@ async fn rescan_with_a_template_copy_makes_remediated_findings_disappear() {
 #[tokio::test]
 async fn scan_status_runs_integrates_finishes_and_can_be_forced() {
     let sim = start_with(SimConfig {
-        scan_timing: ScanTiming { queued: Duration::ZERO, running: Duration::from_millis(400), processing: Duration::from_millis(400) },
+        scan_timing: ScanTiming {
+            queued: Duration::ZERO,
+            running: Duration::from_millis(400),
+            processing: Duration::from_millis(400),
+        },
         profile: Profile::AegisCompat,
         ..Default::default()
     })
     .await;
-    let (s, scan) = nexpose(&sim, Method::POST, "/api/3/sites/1/scans", Some(json!({"engineId": "3", "hosts": ["10.1.0.1"], "name": "x", "templateId": "discovery"}))).await;
+    let (s, scan) = nexpose(
+        &sim,
+        Method::POST,
+        "/api/3/sites/1/scans",
+        Some(
+            json!({"engineId": "3", "hosts": ["10.1.0.1"], "name": "x", "templateId": "discovery"}),
+        ),
+    )
+    .await;
     assert_eq!(s, 201);
     let id = scan["id"].as_u64().expect("id");
-    let (_, v) = nexpose(&sim, Method::GET, &format!("/api/3/scans/{id}.000000"), None).await;
-    assert_eq!(v["status"], "running", "aegis-compat accepts Go-Aegis' float-formatted ids");
+    let (_, v) = nexpose(
+        &sim,
+        Method::GET,
+        &format!("/api/3/scans/{id}.000000"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        v["status"], "running",
+        "aegis-compat accepts Go-Aegis' float-formatted ids"
+    );
     eventually(Duration::from_secs(5), "integrating", || async {
         let (_, v) = nexpose(&sim, Method::GET, &format!("/api/3/scans/{id}"), None).await;
         (v["status"] == "integrating").then_some(())
@@ -164,10 +323,17 @@ async fn scan_status_runs_integrates_finishes_and_can_be_forced() {
         (v["status"] == "finished" && v["endTime"].is_string()).then_some(())
     })
     .await;
-    sim.force_nexpose_scan_status(id, Some("aborted")).expect("force");
+    sim.force_nexpose_scan_status(id, Some("aborted"))
+        .expect("force");
     let (_, v) = nexpose(&sim, Method::GET, &format!("/api/3/scans/{id}"), None).await;
     assert_eq!(v["status"], "aborted");
-    let (s, _) = nexpose(&sim, Method::POST, "/api/3/sites/1/scans", Some(json!({"engineId": 3, "templateId": "nope"}))).await;
+    let (s, _) = nexpose(
+        &sim,
+        Method::POST,
+        "/api/3/sites/1/scans",
+        Some(json!({"engineId": 3, "templateId": "nope"})),
+    )
+    .await;
     assert_eq!(s, 400);
     sim.shutdown().await;
 }

@@ -344,7 +344,7 @@ impl<'a> Parser<'a> {
                         ))
                     }
                 };
-                let target = self.resolve(&name, pos)?;
+                let target = self.resolve(&name)?;
                 let asc = if self.eat_kw("desc") {
                     false
                 } else {
@@ -402,7 +402,7 @@ impl<'a> Parser<'a> {
         self.clause()
     }
 
-    fn resolve(&self, name: &str, pos: usize) -> Result<Target, String> {
+    fn resolve(&self, name: &str) -> Result<Target, String> {
         let lower = name.to_ascii_lowercase();
         let sys = match lower.as_str() {
             "key" | "issuekey" | "id" | "issue" => Some(Target::Key),
@@ -440,7 +440,7 @@ impl<'a> Parser<'a> {
             Some(f) if f.custom_id.is_some() => {
                 Ok(Target::Custom(f.id.clone(), f.kind, f.name.clone()))
             }
-            Some(f) => self.resolve(&f.id, pos),
+            Some(f) => self.resolve(&f.id),
             None => Err(format!(
                 "Field '{name}' does not exist or you do not have permission to view it."
             )),
@@ -488,9 +488,7 @@ impl<'a> Parser<'a> {
         self.expect(Tok::RParen, "')'")?;
         if name.eq_ignore_ascii_case("linkedIssues") {
             let Some(key) = args.first() else {
-                return Err(format!(
-                    "Function 'linkedIssues' expected between '1' and '2' arguments but received '0'."
-                ));
+                return Err("Function 'linkedIssues' expected between '1' and '2' arguments but received '0'.".to_string());
             };
             if self.state.find(key).is_none() {
                 return Err(format!(
@@ -519,7 +517,7 @@ impl<'a> Parser<'a> {
                 ))
             }
         };
-        let target = self.resolve(&name, pos)?;
+        let target = self.resolve(&name)?;
         let op_pos = self.pos();
         let op: &'static str = match self.next().map(|t| t.tok) {
             Some(Tok::Op(o)) => o,
@@ -606,20 +604,16 @@ impl<'a> Parser<'a> {
         // Validate values JIRA would check at parse time.
         for v in &values {
             let Operand::Value(v) = v else { continue };
-            match &target {
-                Target::Status if op != "~" => {
-                    if workflow::status(v).is_none() && workflow::status_by_id(v).is_none() {
-                        return Err(format!(
-                            "The value '{v}' does not exist for the field 'status'."
-                        ));
-                    }
-                }
-                t if t.is_time() => {
-                    if parse_time_operand(v, self.now).is_none() {
-                        return Err(format!("Date value '{v}' for field '{}' is invalid. Valid formats include: 'yyyy/MM/dd HH:mm', 'yyyy-MM-dd HH:mm', 'yyyy/MM/dd', 'yyyy-MM-dd', or a period format e.g. '-5d', '4w 2d'.", t.name()));
-                    }
-                }
-                _ => {}
+            let unknown_status = target == Target::Status
+                && workflow::status(v).is_none()
+                && workflow::status_by_id(v).is_none();
+            if unknown_status {
+                return Err(format!(
+                    "The value '{v}' does not exist for the field 'status'."
+                ));
+            }
+            if target.is_time() && parse_time_operand(v, self.now).is_none() {
+                return Err(format!("Date value '{v}' for field '{}' is invalid. Valid formats include: 'yyyy/MM/dd HH:mm', 'yyyy-MM-dd HH:mm', 'yyyy/MM/dd', 'yyyy-MM-dd', or a period format e.g. '-5d', '4w 2d'.", target.name()));
             }
         }
         Ok(Expr::Cmp { target, op, values })
@@ -855,7 +849,7 @@ pub fn run(q: &Query, state: &JiraState, now: DateTime<Utc>) -> Vec<u64> {
     let mut hits: Vec<&Issue> = state
         .issues
         .values()
-        .filter(|i| q.filter.as_ref().map_or(true, |f| f.matches(state, i, now)))
+        .filter(|i| q.filter.as_ref().is_none_or(|f| f.matches(state, i, now)))
         .collect();
     let sort_key = |i: &Issue, t: &Target| -> (u8, Option<DateTime<Utc>>, u64, String) {
         if t.is_time() {

@@ -480,7 +480,7 @@ fn asset_groups(call: &Call) -> Result<String, QualysError> {
         .qualys
         .asset_groups
         .values()
-        .filter(|g| ids.as_ref().map_or(true, |r| in_ranges(r, u64::from(g.id))))
+        .filter(|g| ids.as_ref().is_none_or(|r| in_ranges(r, u64::from(g.id))))
         .collect();
     if !groups.is_empty() {
         out.push_str("    <ASSET_GROUP_LIST>\n");
@@ -553,13 +553,10 @@ fn knowledge_base(call: &Call) -> Result<String, QualysError> {
         .estate
         .kb
         .iter()
-        .filter(|k| {
-            ids.as_ref()
-                .map_or(true, |r| in_ranges(r, u64::from(k.qid)))
-        })
-        .filter(|k| id_min.map_or(true, |m| u64::from(k.qid) >= m))
-        .filter(|k| id_max.map_or(true, |m| u64::from(k.qid) <= m))
-        .filter(|k| since.map_or(true, |s| k.modified >= s))
+        .filter(|k| ids.as_ref().is_none_or(|r| in_ranges(r, u64::from(k.qid))))
+        .filter(|k| id_min.is_none_or(|m| u64::from(k.qid) >= m))
+        .filter(|k| id_max.is_none_or(|m| u64::from(k.qid) <= m))
+        .filter(|k| since.is_none_or(|s| k.modified >= s))
         .collect();
     if !vulns.is_empty() {
         out.push_str("    <VULN_LIST>\n");
@@ -1283,7 +1280,7 @@ fn list_search_lists(call: &Call) -> Result<String, QualysError> {
         .qualys
         .search_lists
         .values()
-        .filter(|l| ids.as_ref().map_or(true, |r| in_ranges(r, l.id)))
+        .filter(|l| ids.as_ref().is_none_or(|r| in_ranges(r, l.id)))
         .collect();
     if !lists.is_empty() {
         out.push_str("    <STATIC_LISTS>\n");

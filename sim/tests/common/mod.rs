@@ -34,12 +34,20 @@ pub fn client() -> reqwest::Client {
 }
 
 /// A Qualys request with basic auth and X-Requested-With.
-pub async fn qualys(sim: &Simulator, method: reqwest::Method, path_and_query: &str) -> (u16, reqwest::header::HeaderMap, String) {
+pub async fn qualys(
+    sim: &Simulator,
+    method: reqwest::Method,
+    path_and_query: &str,
+) -> (u16, reqwest::header::HeaderMap, String) {
     let url = format!("{}{}", sim.qualys_url(), path_and_query);
     qualys_url(&url, method, None).await
 }
 
-pub async fn qualys_url(url: &str, method: reqwest::Method, body: Option<String>) -> (u16, reqwest::header::HeaderMap, String) {
+pub async fn qualys_url(
+    url: &str,
+    method: reqwest::Method,
+    body: Option<String>,
+) -> (u16, reqwest::header::HeaderMap, String) {
     let mut req = client()
         .request(method, url)
         .basic_auth("aegis", Some("aegis"))
@@ -82,12 +90,18 @@ pub async fn jira_as(
     let v = if text.is_empty() {
         serde_json::Value::Null
     } else {
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("JIRA body is not JSON ({e}): {text}"))
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("JIRA body is not JSON ({e}): {text}"))
     };
     (status, v)
 }
 
-pub async fn nexpose(sim: &Simulator, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
+pub async fn nexpose(
+    sim: &Simulator,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
     let mut req = client()
         .request(method, format!("{}{}", sim.nexpose_url(), path))
         .basic_auth("aegis", Some("aegis"));
@@ -100,7 +114,8 @@ pub async fn nexpose(sim: &Simulator, method: reqwest::Method, path: &str, body:
     let v = if text.is_empty() {
         serde_json::Value::Null
     } else {
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("Nexpose body is not JSON ({e}): {text}"))
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("Nexpose body is not JSON ({e}): {text}"))
     };
     (status, v)
 }
