@@ -56,11 +56,16 @@ async fn one_million_detections_stream_with_flat_memory() {
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.expect("chunk");
         bytes += chunk.len();
-        // Count across chunk boundaries: keep the last 10 bytes of the previous chunk.
+        // Count across chunk boundaries: keep the last 10 bytes of the previous chunk and count
+        // only matches that end in the new bytes (those inside the tail were counted already).
         let mut window = std::mem::take(&mut tail);
+        let old = window.len();
         window.extend_from_slice(&chunk);
-        detections += detection.find_iter(&window).count();
-        hosts += host.find_iter(&window).count();
+        detections += detection
+            .find_iter(&window)
+            .filter(|at| at + 11 > old)
+            .count();
+        hosts += host.find_iter(&window).filter(|at| at + 6 > old).count();
         let keep = window.len().min(10);
         tail = window[window.len() - keep..].to_vec();
         last = window[window.len().saturating_sub(64)..].to_vec();
