@@ -426,7 +426,10 @@ async fn advance(State(ctx): State<Arc<Ctx>>, body: axum::body::Bytes) -> Respon
             "seconds must be a non-negative number",
         );
     }
-    ctx.advance_clock(Duration::from_secs_f64(a.seconds));
+    let Ok(by) = Duration::try_from_secs_f64(a.seconds) else {
+        return err(StatusCode::BAD_REQUEST, "seconds is out of range");
+    };
+    ctx.advance_clock(by);
     Json(json!({"now": rfc3339(ctx.now())})).into_response()
 }
 

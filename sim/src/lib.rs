@@ -122,6 +122,16 @@ impl Default for ScanTiming {
 }
 
 impl ScanTiming {
+    /// Time from launch until the scan stops running (enters Finished / integrating).
+    pub fn running_ends(&self) -> Duration {
+        self.queued.saturating_add(self.running)
+    }
+
+    /// Time from launch until the scan is processed (Finished PROCESSED=1 / finished).
+    pub fn processed_at(&self) -> Duration {
+        self.running_ends().saturating_add(self.processing)
+    }
+
     /// Scans finish (processed) about one second after launch: for tests.
     pub fn fast() -> ScanTiming {
         ScanTiming {

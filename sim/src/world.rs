@@ -209,6 +209,12 @@ pub struct TruthEntry {
     pub proof: Option<String>,
 }
 
+/// How far the virtual clock can be moved ahead of real time (100 years).
+pub const MAX_CLOCK_OFFSET: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Largest estate the generator builds.
+pub const MAX_GENERATED_HOSTS: usize = 1_000_000;
+
 /// The virtual clock: real time plus an offset that tests can advance.
 #[derive(Debug, Default)]
 pub struct Clock {
@@ -217,11 +223,21 @@ pub struct Clock {
 
 impl Clock {
     pub fn now(&self) -> DateTime<Utc> {
-        Utc::now() + chrono::Duration::milliseconds(self.offset_ms.load(Ordering::Relaxed))
+        let real = Utc::now();
+        real.checked_add_signed(chrono::Duration::milliseconds(
+            self.offset_ms.load(Ordering::Relaxed),
+        ))
+        .unwrap_or(real)
     }
+    /// Move forward; the total offset is capped at [`MAX_CLOCK_OFFSET`].
     pub fn advance(&self, by: Duration) {
-        let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX / 4);
-        self.offset_ms.fetch_add(ms, Ordering::Relaxed);
+        let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
+        let cap = MAX_CLOCK_OFFSET.as_millis() as i64;
+        let _ = self
+            .offset_ms
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| {
+                Some(cur.saturating_add(ms).min(cap))
+            });
     }
     pub fn offset(&self) -> Duration {
         Duration::from_millis(self.offset_ms.load(Ordering::Relaxed).max(0) as u64)
@@ -420,7 +436,11 @@ impl Estate {
             generated_at: now,
             ..Default::default()
         };
-        let per_host = fixture.estate.map(|e| e.detections_per_host).unwrap_or(0);
+        let per_host = fixture
+            .estate
+            .map(|e| e.detections_per_host)
+            .unwrap_or(0)
+            .min(10_000);
         estate.kb = (0..generated_kb_len(per_host))
             .map(generated_kb_entry)
             .collect();
@@ -440,6 +460,11 @@ impl Estate {
             }
         }
         if let Some(spec) = fixture.estate {
+            if spec.hosts > MAX_GENERATED_HOSTS || spec.detections_per_host > 10_000 {
+                return Err(SimError::BadFixture(format!(
+                    "estate too large: at most {MAX_GENERATED_HOSTS} hosts and 10000 detections per host"
+                )));
+            }
             for ordinal in 0..spec.hosts {
                 estate.hosts.push(generated_host(spec.seed, ordinal));
             }

@@ -293,3 +293,68 @@ async fn control_api_manages_faults_and_journal_over_http() {
     assert!(sim.request_log().is_empty());
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn hostile_inputs_get_vendor_errors_not_panics() {
+    let sim = start(3, 2).await;
+    for jql in [
+        "\"updated\" > 99999999999999999w",
+        "\"updated\" > 5é",
+        "\"created\" < \"9999999/99/99\"",
+        "((((",
+        "\"summary\" ~ \"(\"",
+    ] {
+        let (s, _) = jira(
+            &sim,
+            Method::POST,
+            "/rest/api/latest/search",
+            Some(json!({"jql": jql})),
+        )
+        .await;
+        assert!(s == 400 || s == 200, "{jql}: {s}");
+    }
+    let (s, _) = jira(
+        &sim,
+        Method::POST,
+        "/rest/api/latest/search",
+        Some(json!({"jql": "project = VULN", "startAt": i64::MAX, "maxResults": "x"})),
+    )
+    .await;
+    assert_eq!(s, 400);
+    let (s, _) = nexpose(
+        &sim,
+        Method::GET,
+        &format!("/api/3/assets?page={}&size=500", usize::MAX),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _) = nexpose(&sim, Method::GET, "/api/3/assets?page=-1", None).await;
+    assert_eq!(s, 400);
+    let (s, _) = nexpose(&sim, Method::POST, "/api/3/scan_templates", None).await;
+    assert_eq!(s, 400);
+    for q in [
+        "/api/2.0/fo/asset/host/vm/detection/?action=list&ips=10.0.0.300",
+        "/api/2.0/fo/asset/host/vm/detection/?action=list&ids=9-1",
+        "/api/2.0/fo/asset/host/vm/detection/?action=list&truncation_limit=-1",
+        "/api/2.0/fo/scan/?action=launch&option_id=300001&ip=0.0.0.0-255.255.255.255",
+        "/api/2.0/fo/qid/search_list/static/?action=create&title=t&qids=1-99999999",
+        "/api/2.0/fo/scan/?action=explode",
+        "/api/2.0/fo/scan/",
+    ] {
+        let (s, _, body) = qualys(&sim, Method::POST, q).await;
+        assert_eq!(s, 400, "{q}: {body}");
+        assert!(!xml_texts(&body, &["SIMPLE_RETURN", "RESPONSE", "CODE"]).is_empty());
+    }
+    let resp = common::client()
+        .post(format!("{}/_sim/clock/advance", sim.control_url()))
+        .json(&json!({"seconds": 1e300}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status().as_u16(), 400);
+    sim.advance_clock(Duration::from_secs(u64::MAX));
+    let (s, _) = jira(&sim, Method::GET, "/rest/api/2/serverInfo", None).await;
+    assert_eq!(s, 200, "a huge clock advance is capped");
+    sim.shutdown().await;
+}

@@ -657,17 +657,18 @@ pub fn parse_time_operand(v: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> 
     }
     let mut total = chrono::Duration::zero();
     for part in rest.split_whitespace() {
-        let (num, unit) = part.split_at(part.len().checked_sub(1)?);
-        let n: i64 = num.parse().ok()?;
-        total += match unit {
-            "w" => chrono::Duration::weeks(n),
-            "d" => chrono::Duration::days(n),
-            "h" => chrono::Duration::hours(n),
-            "m" => chrono::Duration::minutes(n),
-            _ => return None,
-        };
+        let unit = part.chars().last()?;
+        let n: i64 = part[..part.len() - unit.len_utf8()].parse().ok()?;
+        let d = match unit {
+            'w' => chrono::Duration::try_weeks(n),
+            'd' => chrono::Duration::try_days(n),
+            'h' => chrono::Duration::try_hours(n),
+            'm' => chrono::Duration::try_minutes(n),
+            _ => None,
+        }?;
+        total = total.checked_add(&d)?;
     }
-    Some(now + total * sign as i32)
+    now.checked_add_signed(if sign < 0 { -total } else { total })
 }
 
 /// The value(s) of a target on an issue, as strings (for equality) — empty vec = empty field.

@@ -275,7 +275,7 @@ fn search(ctx: &Ctx, p: SearchParams, paging_loop: bool) -> Response {
     let max = (p.max_results as usize).min(cap);
     let start = if paging_loop { 0 } else { p.start_at as usize };
     let total = if paging_loop {
-        p.start_at as usize + max + 1
+        (p.start_at as usize).saturating_add(max).saturating_add(1)
     } else {
         ids.len()
     };

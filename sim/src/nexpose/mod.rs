@@ -177,9 +177,9 @@ fn paged<T>(
     let pages = total.div_ceil(p.size);
     let (number, start, total_pages) = if p.looping {
         // Never-ending paging: claim one more page and serve the first page's content.
-        (p.number, 0, p.number + 2)
+        (p.number, 0, p.number.saturating_add(2))
     } else {
-        (p.number, p.number * p.size, pages)
+        (p.number, p.number.saturating_mul(p.size), pages)
     };
     let resources: Vec<Value> = items.iter().skip(start).take(p.size).map(render).collect();
     let path = uri.path();
@@ -189,7 +189,7 @@ fn paged<T>(
         links.push(json!({"href": href(number - 1), "rel": "prev"}));
     }
     links.push(json!({"href": href(number), "rel": "self"}));
-    if number + 1 < total_pages {
+    if number.saturating_add(1) < total_pages {
         links.push(json!({"href": href(number + 1), "rel": "next"}));
     }
     links.push(json!({"href": href(total_pages.saturating_sub(1)), "rel": "last"}));

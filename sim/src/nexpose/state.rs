@@ -170,9 +170,9 @@ impl NexposeState {
             return f.clone();
         }
         let elapsed = (now - scan.launched_at).to_std().unwrap_or_default();
-        if elapsed < timing.queued + timing.running {
+        if elapsed < timing.running_ends() {
             "running".into()
-        } else if elapsed < timing.queued + timing.running + timing.processing {
+        } else if elapsed < timing.processed_at() {
             "integrating".into()
         } else {
             "finished".into()
@@ -212,8 +212,7 @@ impl NexposeState {
                 Some(_) => now,
                 None => {
                     scan.launched_at
-                        + chrono::Duration::from_std(timing.queued + timing.running)
-                            .unwrap_or_default()
+                        + chrono::Duration::from_std(timing.running_ends()).unwrap_or_default()
                 }
             };
             for idx in &scan.targets {

@@ -375,9 +375,9 @@ impl QualysState {
         let elapsed = (now - scan.launched_at).to_std().unwrap_or_default();
         if elapsed < timing.queued {
             (ScanState::Queued, false)
-        } else if elapsed < timing.queued + timing.running {
+        } else if elapsed < timing.running_ends() {
             (ScanState::Running, false)
-        } else if elapsed < timing.queued + timing.running + timing.processing {
+        } else if elapsed < timing.processed_at() {
             (ScanState::Finished, false)
         } else {
             (ScanState::Finished, true)
@@ -407,8 +407,7 @@ impl QualysState {
                 Some(_) => now,
                 None => {
                     scan.launched_at
-                        + chrono::Duration::from_std(timing.queued + timing.running)
-                            .unwrap_or_default()
+                        + chrono::Duration::from_std(timing.running_ends()).unwrap_or_default()
                 }
             };
             let targets = scan.targets.clone();
