@@ -258,6 +258,110 @@ impl Ctx {
         self.replace_world(fixture)
     }
 
+    /// Suggested Aegis SourceConfig rows (address, AuthInfo, payload) pointing at these
+    /// simulators, for the demo organisation (spec §1.10, §2.11, §3.6).
+    pub fn source_configs(&self) -> Value {
+        let c = &self.cfg.credentials;
+        let mut transition_map = serde_json::Map::new();
+        for from in workflow::STATUSES {
+            let hops: serde_json::Map<String, Value> = workflow::targets_from(from.name)
+                .into_iter()
+                .map(|t| {
+                    (
+                        t.name.to_lowercase(),
+                        json!([{"id": t.transition_id.to_string(), "name": t.transition_name}]),
+                    )
+                })
+                .collect();
+            transition_map.insert(from.name.to_lowercase(), Value::Object(hops));
+        }
+        let status_map: serde_json::Map<String, Value> = [
+            "Scan-Error",
+            "Open",
+            "Reopened",
+            "In-Progress",
+            "Resolved-Remediated",
+            "Resolved-FalsePositive",
+            "Resolved-Decommissioned",
+            "Resolved-Exception",
+            "Closed-Remediated",
+            "Closed-False-Positive",
+            "Closed-Decommission",
+            "Closed-Exception",
+            "Closed-CERF",
+            "Closed-Error",
+        ]
+        .iter()
+        .map(|s| (s.to_lowercase(), json!(s)))
+        .collect();
+        let w = self.world();
+        let field_map: serde_json::Map<String, Value> = w
+            .jira
+            .fields
+            .iter()
+            .filter(|f| f.custom_id.is_some())
+            .map(|f| (f.name.clone(), json!(f.name)))
+            .collect();
+        let groups: Vec<u32> = w.qualys.asset_groups.keys().copied().collect();
+        let sites: Vec<u32> = w
+            .nexpose
+            .sites
+            .keys()
+            .copied()
+            .filter(|s| *s != 999)
+            .collect();
+        let (nexpose_host, nexpose_port) = self
+            .urls
+            .nexpose
+            .rsplit_once(':')
+            .map(|(h, p)| (h.to_string(), p.parse::<u16>().unwrap_or(0)))
+            .unwrap_or_default();
+        json!({
+            "jira": {
+                "source": "JIRA",
+                "address": self.urls.jira,
+                "auth_info": {"Username": c.username, "Password": c.password, "Concurrency": 4, "Retries": 1, "Delay": 0},
+                "payload": {
+                    "project": w.jira.project_key,
+                    "mappable_fields": [],
+                    "status_map": status_map,
+                    "field_map": field_map,
+                    "transition_map": transition_map,
+                }
+            },
+            "qualys": {
+                "source": "Qualys",
+                "address": self.urls.qualys,
+                "auth_info": {"Username": c.username, "Password": c.password},
+                "payload": {
+                    "optionProfileId": crate::qualys::state::RESCAN_PROFILE_ID,
+                    "discoveryOptionProfileId": crate::qualys::state::DISCOVERY_PROFILE_ID,
+                    "groups": groups,
+                    "external_groups": [],
+                    "kernel_filter": 0,
+                    "rescan_name_format": "Aegis Rescan %s",
+                    "option_profile_format": "Aegis Profile %s",
+                    "search_list_format": "Aegis Search List %s",
+                }
+            },
+            "nexpose": {
+                "source": "Nexpose",
+                "address": self.urls.nexpose,
+                "auth_info": {"Host": nexpose_host, "Port": nexpose_port, "Username": c.username, "Password": c.password,
+                              "VerifyTLS": false, "Delay": 0, "Concurrency": 4, "Retries": 1, "CacheTTLSeconds": 300},
+                "payload": {
+                    "template": "full-audit-without-web-spider",
+                    "scan_name_format": "Aegis Rescan %s",
+                    "rescansite": 999,
+                    "discoverytemplate": "discovery",
+                    "discovery_name_format": "Aegis Discovery %s",
+                    "engine_cache_ttle": 10,
+                    "sites": sites,
+                }
+            }
+        })
+    }
+
     /// A dump for assertions: scans, option profiles, search lists, templates, tickets.
     pub fn state_summary(&self) -> Value {
         let now = self.now();
@@ -375,6 +479,7 @@ pub(crate) fn router() -> Router<Arc<Ctx>> {
         .route("/nexpose/scans/:id/status", post(nexpose_scan_status))
         .route("/jira/issues/:key/transition", post(jira_transition))
         .route("/jira/workflow.xml", get(workflow_xml))
+        .route("/source-configs", get(source_configs))
         .route(
             "/faults",
             get(list_faults).post(add_fault).delete(clear_faults),
@@ -601,6 +706,10 @@ async fn workflow_xml(State(ctx): State<Arc<Ctx>>) -> Response {
         ctx.jira_workflow_xml(),
     )
         .into_response()
+}
+
+async fn source_configs(State(ctx): State<Arc<Ctx>>) -> Response {
+    Json(ctx.source_configs()).into_response()
 }
 
 async fn list_faults(State(ctx): State<Arc<Ctx>>) -> Response {

@@ -231,3 +231,153 @@ async fn ticket_lifecycle_across_vendors_closes_after_a_clean_rescan() {
         .contains("scan/"));
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn suggested_source_configs_match_the_served_workflow() {
+    let sim = start(2, 1).await;
+    let (s, cfg) = control(&sim, Method::GET, "/_sim/source-configs", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(cfg["jira"]["address"], sim.jira_url());
+    assert_eq!(cfg["qualys"]["payload"]["groups"], json!([1]));
+    assert_eq!(cfg["nexpose"]["payload"]["rescansite"], 999);
+    let tm = &cfg["jira"]["payload"]["transition_map"];
+    // Every hop in transition_map is offered by J10 with the same id.
+    let (_, created) = jira(&sim, Method::POST, "/rest/api/2/issue", Some(json!({"fields": {"project": {"key": "VULN"}, "issuetype": {"name": "Request"}, "summary": "s"}}))).await;
+    let key = created["key"].as_str().expect("key");
+    let (_, t) = jira(
+        &sim,
+        Method::GET,
+        &format!("/rest/api/2/issue/{key}/transitions"),
+        None,
+    )
+    .await;
+    for (to, hops) in tm["open"].as_object().expect("open") {
+        let id = &hops[0]["id"];
+        assert!(
+            t["transitions"]
+                .as_array()
+                .expect("t")
+                .iter()
+                .any(|x| &x["id"] == id
+                    && x["to"]["name"].as_str().map(str::to_lowercase).as_deref()
+                        == Some(to.as_str())),
+            "{to}"
+        );
+    }
+    // The workflow XML names the same action ids.
+    let (_, xml) = control(&sim, Method::GET, "/_sim/jira/workflow.xml", None).await;
+    let xml = xml.as_str().expect("xml");
+    assert!(xml.contains(&format!(
+        "<action id=\"{}\"",
+        tm["open"]["resolved-remediated"][0]["id"]
+            .as_str()
+            .expect("id")
+    )));
+    for key in [
+        "scan-error",
+        "closed-false-positive",
+        "closed-cerf",
+        "closed-error",
+    ] {
+        assert!(
+            cfg["jira"]["payload"]["status_map"][key].is_string(),
+            "{key}"
+        );
+    }
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn auth_failure_hosts_are_tested_but_not_updated() {
+    let fixture = serde_json::from_value(json!({
+        "hosts": [{"ip": "10.0.0.5", "qualys_host_id": 1001, "asset_group_ids": [42],
+                   "vulns": [{"qid": 38739, "port": 443, "protocol": "tcp"}]}]
+    }))
+    .expect("fixture");
+    let sim = start_with(SimConfig {
+        fixture: Some(fixture),
+        scan_timing: ScanTiming::fast(),
+        ..Default::default()
+    })
+    .await;
+    let (s, _) = control(
+        &sim,
+        Method::POST,
+        "/_sim/hosts/10.0.0.5",
+        Some(json!({"auth_failure": true})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let hld = "/api/2.0/fo/asset/host/vm/detection/?action=list&truncation_limit=0&ips=10.0.0.5";
+    let (_, _, before) = qualys(&sim, Method::POST, hld).await;
+    let (_, _, body) = qualys(
+        &sim,
+        Method::POST,
+        "/api/2.0/fo/scan/?action=launch&scan_title=t&option_id=300001&ip=10.0.0.5&iscanner_id=7",
+    )
+    .await;
+    let reference = xml_texts(&body, &["ITEM", "VALUE"])[1].clone();
+    eventually(Duration::from_secs(10), "processed", || async {
+        (sim.qualys_scan_state(&reference).map(|s| s.1) == Some(true)).then_some(())
+    })
+    .await;
+    let (_, _, after) = qualys(&sim, Method::POST, hld).await;
+    assert_eq!(
+        xml_texts(&before, &["DETECTION", "LAST_UPDATE_DATETIME"]),
+        xml_texts(&after, &["DETECTION", "LAST_UPDATE_DATETIME"]),
+        "LAST_UPDATE not bumped: Aegis' Scan-Error path"
+    );
+    assert_ne!(
+        xml_texts(&before, &["DETECTION", "LAST_FOUND_DATETIME"]),
+        xml_texts(&after, &["DETECTION", "LAST_FOUND_DATETIME"])
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn aegis_compat_profile_accepts_go_aegis_quirks() {
+    let sim = start_with(SimConfig {
+        profile: aegis_sim::Profile::AegisCompat,
+        ..Default::default()
+    })
+    .await;
+    let (_, fields) = jira(&sim, Method::GET, "/rest/api/latest/field", None).await;
+    let fid = |n: &str| {
+        fields
+            .as_array()
+            .expect("f")
+            .iter()
+            .find(|f| f["name"] == n)
+            .expect(n)["id"]
+            .as_str()
+            .expect("id")
+            .to_string()
+    };
+    let (s, v) = jira(
+        &sim,
+        Method::POST,
+        "/rest/api/2/issue/",
+        Some(json!({"fields": {
+        "project": {"key": "VULN"}, "issuetype": {"name": "Request"}, "summary": "s",
+        fid("Method of Discovery"): "Qualys", fid("Scan/Alert Date"): "2021-03-04T05:06:07Z"}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let key = v["key"].as_str().expect("key").to_string();
+    let (s, v) = jira(
+        &sim,
+        Method::PUT,
+        &format!("/rest/api/2/issue/{key}"),
+        Some(json!({"fields": {"duedate": "2021-05-01T00:00:00Z"}})),
+    )
+    .await;
+    assert_eq!(s, 204, "{v}");
+    let issue = sim.jira_issue(&key).expect("issue");
+    assert_eq!(issue["fields"]["duedate"], "2021-05-01");
+    assert_eq!(issue["fields"][fid("Scan/Alert Date")], "2021-03-04");
+    assert_eq!(
+        issue["fields"][fid("Method of Discovery")]["value"],
+        "Qualys"
+    );
+    sim.shutdown().await;
+}
