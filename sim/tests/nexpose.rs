@@ -337,3 +337,46 @@ async fn scan_status_runs_integrates_finishes_and_can_be_forced() {
     assert_eq!(s, 400);
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn sites_scans_and_engines_are_listed_with_paging() {
+    let sim = start(2, 1).await;
+    let (s, sites) = nexpose(&sim, Method::GET, "/api/3/sites?page=0&size=500", None).await;
+    assert_eq!(s, 200);
+    let ids: Vec<u64> = sites["resources"]
+        .as_array()
+        .expect("r")
+        .iter()
+        .map(|s| s["id"].as_u64().expect("id"))
+        .collect();
+    assert_eq!(ids, vec![1, 999]);
+    let (s, _) = nexpose(&sim, Method::POST, "/api/3/sites/1/scans", Some(json!({"engineId": "3", "hosts": ["10.1.0.1"], "name": "n", "templateId": "full-audit-without-web-spider"}))).await;
+    assert_eq!(s, 201);
+    let (_, scans) = nexpose(&sim, Method::GET, "/api/3/scans?page=0&size=10", None).await;
+    assert_eq!(scans["page"]["totalResources"], 1);
+    assert_eq!(scans["resources"][0]["scanName"], "n");
+    let (_, site_scans) = nexpose(&sim, Method::GET, "/api/3/sites/1/scans", None).await;
+    assert_eq!(site_scans["page"]["totalResources"], 1);
+    let id = scans["resources"][0]["id"].as_u64().expect("id");
+    let (s, _) = nexpose(&sim, Method::POST, &format!("/api/3/scans/{id}/stop"), None).await;
+    assert_eq!(s, 200);
+    let (_, v) = nexpose(&sim, Method::GET, &format!("/api/3/scans/{id}"), None).await;
+    assert_eq!(v["status"], "stopped");
+    let (s, _) = nexpose(
+        &sim,
+        Method::GET,
+        &format!("/api/3/scans/{id}.000000"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 400, "strict rejects Go-Aegis float ids");
+    let (s, _) = nexpose(
+        &sim,
+        Method::DELETE,
+        "/api/3/scan_templates/discovery",
+        None,
+    )
+    .await;
+    assert_eq!(s, 400, "built-in templates cannot be deleted");
+    sim.shutdown().await;
+}

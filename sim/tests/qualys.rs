@@ -583,3 +583,67 @@ async fn launch_validates_profile_scanner_and_concurrent_scan_limit() {
     assert!(!xml_texts(&body, &["RESPONSE", "CODE"]).is_empty());
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn ec2_hosts_are_scanned_by_instance_id_and_listed_by_tag() {
+    let fixture: WorldFixture = serde_json::from_value(serde_json::json!({
+        "hosts": [{"ip": "172.16.0.9", "qualys_host_id": 2001, "tracking_method": "EC2", "ec2_instance_id": "i-0abc",
+                   "asset_group_ids": [77], "vulns": [{"qid": 38739, "port": 443, "protocol": "tcp"}]},
+                  {"ip": "172.16.0.10", "qualys_host_id": 2002, "asset_group_ids": [77],
+                   "vulns": [{"qid": 38739, "port": 443, "protocol": "tcp"}]}],
+        "asset_groups": [{"id": 77, "title": "cloud-prod", "appliance_ids": [7]}]
+    }))
+    .expect("fixture");
+    let sim = start_with(SimConfig {
+        fixture: Some(fixture),
+        scan_timing: ScanTiming::fast(),
+        ..Default::default()
+    })
+    .await;
+    let (_, _, body) = qualys(&sim, Method::POST, &format!("{HLD}?action=list&truncation_limit=0&show_reopened_info=1&arf_kernel_filter=0&status=New,Active,Re-Opened,Fixed&use_tags=1&tag_set_by=name&tag_include_selector=all&tag_set_include=cloud-prod&host_metadata=ec2&host_metadata_fields=instanceId")).await;
+    assert_eq!(
+        xml_texts(&body, &["HOST", "ID"]),
+        vec!["2001"],
+        "only the cloud-tracked host carries tags"
+    );
+    assert_eq!(
+        xml_texts(&body, &["HOST", "EC2_INSTANCE_ID"]),
+        vec!["i-0abc"]
+    );
+    assert_eq!(xml_texts(&body, &["HOST", "TRACKING_METHOD"]), vec!["EC2"]);
+    sim.fix_vulnerability("172.16.0.9".parse().expect("ip"), 38739, 443, Proto::Tcp)
+        .expect("fix");
+    let (s, _, body) = qualys(&sim, Method::POST, "/api/2.0/fo/scan/?action=launch&scan_title=ec2&option_id=300001&ec2_instance_ids=i-0abc&ec2_endpoint=us-east-1&connector_name=c&iscanner_name=External").await;
+    assert_eq!(s, 200, "{body}");
+    let reference = xml_texts(&body, &["ITEM", "VALUE"])[1].clone();
+    eventually(Duration::from_secs(10), "processed", || async {
+        (scan_state(&sim, &reference).await.1 == "1").then_some(())
+    })
+    .await;
+    let (_, _, body) = qualys(
+        &sim,
+        Method::POST,
+        &format!("{HLD}?action=list&truncation_limit=0&status=Fixed&ips=172.16.0.9"),
+    )
+    .await;
+    assert_eq!(xml_texts(&body, &["DETECTION", "QID"]), vec!["38739"]);
+    // Static search lists can be listed back.
+    let (_, _, body) = qualys(
+        &sim,
+        Method::POST,
+        "/api/2.0/fo/qid/search_list/static/?action=create&title=l&qids=38739,38740-38742",
+    )
+    .await;
+    let id = xml_texts(&body, &["ITEM", "VALUE"])[0].clone();
+    let (_, _, body) = qualys(
+        &sim,
+        Method::POST,
+        &format!("/api/2.0/fo/qid/search_list/static/?action=list&ids={id}"),
+    )
+    .await;
+    assert_eq!(
+        xml_texts(&body, &["STATIC_LIST", "QIDS", "QID"]),
+        vec!["38739", "38740", "38741", "38742"]
+    );
+    sim.shutdown().await;
+}
