@@ -284,8 +284,8 @@ async fn scan_status_runs_integrates_finishes_and_can_be_forced() {
     let sim = start_with(SimConfig {
         scan_timing: ScanTiming {
             queued: Duration::ZERO,
-            running: Duration::from_millis(400),
-            processing: Duration::from_millis(400),
+            running: Duration::from_millis(2000),
+            processing: Duration::from_millis(1000),
         },
         profile: Profile::AegisCompat,
         ..Default::default()

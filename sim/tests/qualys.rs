@@ -112,7 +112,7 @@ async fn rate_and_concurrency_limits_answer_409() {
     sim.inject_fault(
         aegis_sim::FaultSpec::new(
             aegis_sim::Vendor::Qualys,
-            aegis_sim::FaultAction::Latency { ms: 400 },
+            aegis_sim::FaultAction::Latency { ms: 1500 },
             3,
         )
         .on(HLD),
