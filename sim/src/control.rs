@@ -1,8 +1,8 @@
 //! The control API: out-of-band operations for tests and demos, available in-process as
-//! methods on [`Ctx`] (reached through [`crate::Simulator`]) and over HTTP as JSON under
+//! methods on [`Control`] (reached through [`crate::Simulator`]) and over HTTP as JSON under
 //! `/_sim/...` on every listener (vendor ports and the dedicated control port).
 //!
-//! The HTTP handlers are thin wrappers: every operation is implemented once, here, on `Ctx`.
+//! The HTTP handlers are thin wrappers: every operation is implemented once, here, on `Control`.
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -23,7 +23,7 @@ use crate::journal::JournalEntry;
 use crate::nexpose::state::NexposeState;
 use crate::qualys::state::{QualysState, ScanState};
 use crate::world::{rfc3339, Proto, VulnKey, WorldFixture};
-use crate::{Ctx, SimError};
+use crate::{Control, SimError};
 
 /// Changes to a host's liveness or scan behaviour.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -33,7 +33,7 @@ pub struct HostPatch {
     pub auth_failure: Option<bool>,
 }
 
-impl Ctx {
+impl Control {
     /// The current (virtual) time.
     pub fn now(&self) -> DateTime<Utc> {
         self.clock.now()
@@ -465,7 +465,7 @@ fn ok() -> Response {
     Json(json!({"ok": true})).into_response()
 }
 
-pub(crate) fn router() -> Router<Arc<Ctx>> {
+pub(crate) fn router() -> Router<Arc<Control>> {
     Router::new()
         .route("/health", get(|| async { Json(json!({"ok": true})) }))
         .route("/state", get(state))
@@ -488,18 +488,18 @@ pub(crate) fn router() -> Router<Arc<Ctx>> {
         .route("/journal", get(journal).delete(clear_journal))
 }
 
-async fn state(State(ctx): State<Arc<Ctx>>) -> Response {
+async fn state(State(ctx): State<Arc<Control>>) -> Response {
     Json(ctx.state_summary()).into_response()
 }
 
-async fn reset(State(ctx): State<Arc<Ctx>>) -> Response {
+async fn reset(State(ctx): State<Arc<Control>>) -> Response {
     match ctx.reset() {
         Ok(()) => ok(),
         Err(e) => sim_err(e),
     }
 }
 
-async fn seed(State(ctx): State<Arc<Ctx>>, body: axum::body::Bytes) -> Response {
+async fn seed(State(ctx): State<Arc<Control>>, body: axum::body::Bytes) -> Response {
     let fixture: WorldFixture = match parse_body(&body) {
         Ok(f) => f,
         Err(r) => return r.into_response(),
@@ -510,7 +510,7 @@ async fn seed(State(ctx): State<Arc<Ctx>>, body: axum::body::Bytes) -> Response 
     }
 }
 
-async fn clock(State(ctx): State<Arc<Ctx>>) -> Response {
+async fn clock(State(ctx): State<Arc<Control>>) -> Response {
     Json(json!({"now": rfc3339(ctx.now()), "offset_secs": ctx.clock.offset().as_secs()}))
         .into_response()
 }
@@ -520,7 +520,7 @@ struct Advance {
     seconds: f64,
 }
 
-async fn advance(State(ctx): State<Arc<Ctx>>, body: axum::body::Bytes) -> Response {
+async fn advance(State(ctx): State<Arc<Control>>, body: axum::body::Bytes) -> Response {
     let a: Advance = match parse_body(&body) {
         Ok(a) => a,
         Err(r) => return r.into_response(),
@@ -562,7 +562,7 @@ enum OneOrMany<T> {
     One(T),
 }
 
-async fn truth(State(ctx): State<Arc<Ctx>>, body: axum::body::Bytes) -> Response {
+async fn truth(State(ctx): State<Arc<Control>>, body: axum::body::Bytes) -> Response {
     let changes: OneOrMany<TruthChange> = match parse_body(&body) {
         Ok(c) => c,
         Err(r) => return r.into_response(),
@@ -588,7 +588,7 @@ fn parse_ip(ip: &str) -> Result<Ipv4Addr, Reject> {
     })
 }
 
-async fn host(State(ctx): State<Arc<Ctx>>, Path(ip): Path<String>) -> Response {
+async fn host(State(ctx): State<Arc<Control>>, Path(ip): Path<String>) -> Response {
     let ip = match parse_ip(&ip) {
         Ok(ip) => ip,
         Err(r) => return r.into_response(),
@@ -600,7 +600,7 @@ async fn host(State(ctx): State<Arc<Ctx>>, Path(ip): Path<String>) -> Response {
 }
 
 async fn patch_host(
-    State(ctx): State<Arc<Ctx>>,
+    State(ctx): State<Arc<Control>>,
     Path(ip): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
@@ -632,7 +632,7 @@ fn yes() -> bool {
     true
 }
 
-async fn qualys_scan_state(State(ctx): State<Arc<Ctx>>, body: axum::body::Bytes) -> Response {
+async fn qualys_scan_state(State(ctx): State<Arc<Control>>, body: axum::body::Bytes) -> Response {
     let f: QualysScanForce = match parse_body(&body) {
         Ok(f) => f,
         Err(r) => return r.into_response(),
@@ -661,7 +661,7 @@ struct NexposeScanForce {
 }
 
 async fn nexpose_scan_status(
-    State(ctx): State<Arc<Ctx>>,
+    State(ctx): State<Arc<Control>>,
     Path(id): Path<u64>,
     body: axum::body::Bytes,
 ) -> Response {
@@ -685,7 +685,7 @@ struct HumanTransition {
 }
 
 async fn jira_transition(
-    State(ctx): State<Arc<Ctx>>,
+    State(ctx): State<Arc<Control>>,
     Path(key): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
@@ -700,7 +700,7 @@ async fn jira_transition(
     }
 }
 
-async fn workflow_xml(State(ctx): State<Arc<Ctx>>) -> Response {
+async fn workflow_xml(State(ctx): State<Arc<Control>>) -> Response {
     (
         [(header::CONTENT_TYPE, "application/xml")],
         ctx.jira_workflow_xml(),
@@ -708,15 +708,15 @@ async fn workflow_xml(State(ctx): State<Arc<Ctx>>) -> Response {
         .into_response()
 }
 
-async fn source_configs(State(ctx): State<Arc<Ctx>>) -> Response {
+async fn source_configs(State(ctx): State<Arc<Control>>) -> Response {
     Json(ctx.source_configs()).into_response()
 }
 
-async fn list_faults(State(ctx): State<Arc<Ctx>>) -> Response {
+async fn list_faults(State(ctx): State<Arc<Control>>) -> Response {
     Json(ctx.faults()).into_response()
 }
 
-async fn add_fault(State(ctx): State<Arc<Ctx>>, body: axum::body::Bytes) -> Response {
+async fn add_fault(State(ctx): State<Arc<Control>>, body: axum::body::Bytes) -> Response {
     let spec: FaultSpec = match parse_body(&body) {
         Ok(s) => s,
         Err(r) => return r.into_response(),
@@ -725,12 +725,12 @@ async fn add_fault(State(ctx): State<Arc<Ctx>>, body: axum::body::Bytes) -> Resp
     (StatusCode::CREATED, Json(json!({"id": id}))).into_response()
 }
 
-async fn clear_faults(State(ctx): State<Arc<Ctx>>) -> Response {
+async fn clear_faults(State(ctx): State<Arc<Control>>) -> Response {
     ctx.clear_faults();
     ok()
 }
 
-async fn remove_fault(State(ctx): State<Arc<Ctx>>, Path(id): Path<u64>) -> Response {
+async fn remove_fault(State(ctx): State<Arc<Control>>, Path(id): Path<u64>) -> Response {
     if ctx.remove_fault(id) {
         ok()
     } else {
@@ -744,7 +744,7 @@ struct JournalQuery {
     since_id: Option<u64>,
 }
 
-async fn journal(State(ctx): State<Arc<Ctx>>, Query(q): Query<JournalQuery>) -> Response {
+async fn journal(State(ctx): State<Arc<Control>>, Query(q): Query<JournalQuery>) -> Response {
     let entries: Vec<JournalEntry> = ctx
         .request_log()
         .into_iter()
@@ -754,7 +754,7 @@ async fn journal(State(ctx): State<Arc<Ctx>>, Query(q): Query<JournalQuery>) -> 
     Json(entries).into_response()
 }
 
-async fn clear_journal(State(ctx): State<Arc<Ctx>>) -> Response {
+async fn clear_journal(State(ctx): State<Arc<Control>>) -> Response {
     ctx.clear_request_log();
     ok()
 }

@@ -250,8 +250,10 @@ pub struct SimUrls {
     pub control: String,
 }
 
-/// State shared by every listener and the in-process API.
-pub struct Ctx {
+/// A running simulator's shared state (the world, clock, faults, journal, URLs) and the
+/// operations of the control API (`fix_vulnerability`, `kill_host`, `jira_transition`,
+/// `inject_fault`, `request_log`, … — see `control.rs`). Every listener holds one.
+pub struct Control {
     pub(crate) cfg: SimConfig,
     pub(crate) clock: Clock,
     world: Mutex<World>,
@@ -262,7 +264,7 @@ pub struct Ctx {
     pub(crate) qualys_windows: Mutex<HashMap<String, VecDeque<Instant>>>,
 }
 
-impl Ctx {
+impl Control {
     /// Lock the world, first advancing scan lifecycles to the current (virtual) time.
     pub(crate) fn world(&self) -> MutexGuard<'_, World> {
         let mut w = self.world.lock().unwrap_or_else(|p| p.into_inner());
@@ -288,7 +290,7 @@ pub struct SimAddresses {
 
 /// A running set of simulators.
 pub struct Simulator {
-    ctx: Arc<Ctx>,
+    ctx: Arc<Control>,
     addrs: SimAddresses,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -339,7 +341,7 @@ impl Simulator {
         };
         let clock = Clock::default();
         let world = World::build(&cfg.initial_fixture(), &cfg, clock.now())?;
-        let ctx = Arc::new(Ctx {
+        let ctx = Arc::new(Control {
             cfg,
             clock,
             world: Mutex::new(world),
@@ -349,7 +351,7 @@ impl Simulator {
             qualys_windows: Mutex::new(HashMap::new()),
         });
         let (tx, rx) = watch::channel(false);
-        let with_control = |r: axum::Router<Arc<Ctx>>| {
+        let with_control = |r: axum::Router<Arc<Control>>| {
             r.nest("/_sim", control::router())
                 .with_state(Arc::clone(&ctx))
         };
@@ -425,7 +427,7 @@ impl Simulator {
     }
 
     /// The shared state behind the in-process API (same operations as the control API).
-    pub fn control(&self) -> &Ctx {
+    pub fn control(&self) -> &Control {
         &self.ctx
     }
 
@@ -439,8 +441,8 @@ impl Simulator {
 }
 
 impl std::ops::Deref for Simulator {
-    type Target = Ctx;
-    fn deref(&self) -> &Ctx {
+    type Target = Control;
+    fn deref(&self) -> &Control {
         &self.ctx
     }
 }

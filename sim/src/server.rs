@@ -30,7 +30,7 @@ use tracing::{debug, warn};
 
 use crate::faults::{FaultAction, Vendor};
 use crate::journal::InFlight;
-use crate::Ctx;
+use crate::Control;
 
 /// Marker inserted into a request's extensions when a paging-loop fault fired.
 #[derive(Clone, Copy, Debug)]
@@ -41,7 +41,7 @@ pub(crate) async fn serve(
     listener: TcpListener,
     vendor: Option<Vendor>,
     router: Router,
-    ctx: Arc<Ctx>,
+    ctx: Arc<Control>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut conns = JoinSet::new();
@@ -92,7 +92,7 @@ async fn handle(
     req: Request<Incoming>,
     vendor: Option<Vendor>,
     router: Router,
-    ctx: Arc<Ctx>,
+    ctx: Arc<Control>,
     reset: Arc<AtomicBool>,
 ) -> Result<Response<TrackedBody>, ResetConnection> {
     let mut req = req.map(Body::new);

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 
 use crate::server::PagingLoop;
 use crate::world::jira_datetime;
-use crate::{Ctx, Profile};
+use crate::{Control, Profile};
 use store::{JiraError, JiraState, ISSUE_TYPES, LINK_TYPES};
 
 /// The authenticated JIRA user of a request.
@@ -47,7 +47,7 @@ pub(crate) fn fault_response(status: u16) -> Response {
     JiraError::new(status, msg).into_response()
 }
 
-pub(crate) fn router(ctx: Arc<Ctx>) -> Router<Arc<Ctx>> {
+pub(crate) fn router(ctx: Arc<Control>) -> Router<Arc<Control>> {
     let api = Router::new()
         .route("/serverInfo", get(server_info))
         .route("/myself", get(myself))
@@ -81,7 +81,7 @@ pub(crate) fn router(ctx: Arc<Ctx>) -> Router<Arc<Ctx>> {
         .route_layer(middleware::from_fn_with_state(ctx, auth))
 }
 
-async fn auth(State(ctx): State<Arc<Ctx>>, mut req: Request, next: Next) -> Response {
+async fn auth(State(ctx): State<Arc<Control>>, mut req: Request, next: Next) -> Response {
     match authenticate(&ctx, req.headers()) {
         Some(user) => {
             req.extensions_mut().insert(JiraUser(user));
@@ -104,7 +104,7 @@ fn unauthorized() -> Response {
     r
 }
 
-fn authenticate(ctx: &Ctx, headers: &HeaderMap) -> Option<String> {
+fn authenticate(ctx: &Control, headers: &HeaderMap) -> Option<String> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let creds = &ctx.cfg.credentials;
     if let Some(b64) = value.strip_prefix("Basic ") {
@@ -129,7 +129,7 @@ fn authenticate(ctx: &Ctx, headers: &HeaderMap) -> Option<String> {
     None
 }
 
-fn base(ctx: &Ctx) -> String {
+fn base(ctx: &Control) -> String {
     ctx.urls.jira.clone()
 }
 
@@ -148,13 +148,13 @@ fn parse_json(body: &Bytes) -> Result<Value, JiraError> {
     })
 }
 
-fn user_of(u: &Option<Extension<JiraUser>>, ctx: &Ctx) -> String {
+fn user_of(u: &Option<Extension<JiraUser>>, ctx: &Control) -> String {
     u.as_ref()
         .map(|Extension(JiraUser(n))| n.clone())
         .unwrap_or_else(|| ctx.cfg.credentials.username.clone())
 }
 
-async fn server_info(State(ctx): State<Arc<Ctx>>) -> Response {
+async fn server_info(State(ctx): State<Arc<Control>>) -> Response {
     Json(json!({
         "baseUrl": base(&ctx),
         "version": "8.5.4",
@@ -169,19 +169,19 @@ async fn server_info(State(ctx): State<Arc<Ctx>>) -> Response {
     .into_response()
 }
 
-async fn myself(State(ctx): State<Arc<Ctx>>, u: Option<Extension<JiraUser>>) -> Response {
+async fn myself(State(ctx): State<Arc<Control>>, u: Option<Extension<JiraUser>>) -> Response {
     let name = user_of(&u, &ctx);
     let w = ctx.world();
     Json(w.jira.user_json(&base(&ctx), &name)).into_response()
 }
 
-async fn fields(State(ctx): State<Arc<Ctx>>) -> Response {
+async fn fields(State(ctx): State<Arc<Control>>) -> Response {
     let w = ctx.world();
     let all: Vec<Value> = w.jira.fields.iter().map(|f| w.jira.field_json(f)).collect();
     Json(all).into_response()
 }
 
-async fn statuses(State(ctx): State<Arc<Ctx>>) -> Response {
+async fn statuses(State(ctx): State<Arc<Control>>) -> Response {
     let b = base(&ctx);
     let all: Vec<Value> = workflow::STATUSES
         .iter()
@@ -190,7 +190,7 @@ async fn statuses(State(ctx): State<Arc<Ctx>>) -> Response {
     Json(all).into_response()
 }
 
-async fn status_one(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> Response {
+async fn status_one(State(ctx): State<Arc<Control>>, Path(id): Path<String>) -> Response {
     match workflow::status_by_id(&id).or_else(|| workflow::status(&id)) {
         Some(s) => Json(JiraState::status_json(&base(&ctx), s)).into_response(),
         None => {
@@ -199,7 +199,7 @@ async fn status_one(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> Resp
     }
 }
 
-async fn resolutions(State(ctx): State<Arc<Ctx>>) -> Response {
+async fn resolutions(State(ctx): State<Arc<Control>>) -> Response {
     let b = base(&ctx);
     let all: Vec<Value> = workflow::RESOLUTIONS
         .iter()
@@ -208,7 +208,7 @@ async fn resolutions(State(ctx): State<Arc<Ctx>>) -> Response {
     Json(all).into_response()
 }
 
-async fn issue_types(State(ctx): State<Arc<Ctx>>) -> Response {
+async fn issue_types(State(ctx): State<Arc<Control>>) -> Response {
     let b = base(&ctx);
     let all: Vec<Value> = ISSUE_TYPES
         .iter()
@@ -217,7 +217,7 @@ async fn issue_types(State(ctx): State<Arc<Ctx>>) -> Response {
     Json(all).into_response()
 }
 
-async fn link_types(State(ctx): State<Arc<Ctx>>) -> Response {
+async fn link_types(State(ctx): State<Arc<Control>>) -> Response {
     let b = base(&ctx);
     let all: Vec<Value> = LINK_TYPES
         .iter()
@@ -229,12 +229,12 @@ async fn link_types(State(ctx): State<Arc<Ctx>>) -> Response {
     Json(json!({ "issueLinkTypes": all })).into_response()
 }
 
-async fn projects(State(ctx): State<Arc<Ctx>>) -> Response {
+async fn projects(State(ctx): State<Arc<Control>>) -> Response {
     let w = ctx.world();
     Json(json!([w.jira.project_json(&base(&ctx))])).into_response()
 }
 
-async fn project_one(State(ctx): State<Arc<Ctx>>, Path(key): Path<String>) -> Response {
+async fn project_one(State(ctx): State<Arc<Control>>, Path(key): Path<String>) -> Response {
     let w = ctx.world();
     let j = &w.jira;
     if key.eq_ignore_ascii_case(&j.project_key) || key == j.project_id.to_string() {
@@ -257,7 +257,7 @@ struct SearchParams {
     fields: Option<Vec<String>>,
 }
 
-fn search(ctx: &Ctx, p: SearchParams, paging_loop: bool) -> Response {
+fn search(ctx: &Control, p: SearchParams, paging_loop: bool) -> Response {
     if p.start_at < 0 {
         return JiraError::new(400, "startAt must be non-negative").into_response();
     }
@@ -298,7 +298,7 @@ fn search(ctx: &Ctx, p: SearchParams, paging_loop: bool) -> Response {
 }
 
 async fn search_post(
-    State(ctx): State<Arc<Ctx>>,
+    State(ctx): State<Arc<Control>>,
     paging: Option<Extension<PagingLoop>>,
     body: Bytes,
 ) -> Response {
@@ -339,7 +339,7 @@ async fn search_post(
 }
 
 async fn search_get(
-    State(ctx): State<Arc<Ctx>>,
+    State(ctx): State<Arc<Control>>,
     paging: Option<Extension<PagingLoop>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
@@ -359,7 +359,7 @@ async fn search_get(
 }
 
 async fn create_issue(
-    State(ctx): State<Arc<Ctx>>,
+    State(ctx): State<Arc<Control>>,
     u: Option<Extension<JiraUser>>,
     body: Bytes,
 ) -> Response {
@@ -382,7 +382,7 @@ async fn create_issue(
 
 /// `POST /issue/` (Go-Aegis sends a trailing slash): accepted in aegis-compat only.
 async fn create_issue_trailing_slash(
-    State(ctx): State<Arc<Ctx>>,
+    State(ctx): State<Arc<Control>>,
     u: Option<Extension<JiraUser>>,
     body: Bytes,
 ) -> Response {
@@ -397,7 +397,7 @@ async fn create_issue_trailing_slash(
 }
 
 async fn get_issue(
-    State(ctx): State<Arc<Ctx>>,
+    State(ctx): State<Arc<Control>>,
     Path(key): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
@@ -412,7 +412,7 @@ async fn get_issue(
 }
 
 async fn edit_issue(
-    State(ctx): State<Arc<Ctx>>,
+    State(ctx): State<Arc<Control>>,
     u: Option<Extension<JiraUser>>,
     Path(key): Path<String>,
     body: Bytes,
@@ -433,7 +433,7 @@ async fn edit_issue(
     }
 }
 
-async fn delete_issue(State(ctx): State<Arc<Ctx>>, Path(key): Path<String>) -> Response {
+async fn delete_issue(State(ctx): State<Arc<Control>>, Path(key): Path<String>) -> Response {
     let mut w = ctx.world();
     let Some(id) = w.jira.find(&key) else {
         return JiraError::not_found().into_response();
@@ -468,7 +468,7 @@ fn screen_field_json(j: &JiraState, sf: &workflow::ScreenField) -> Option<(Strin
 }
 
 async fn list_transitions(
-    State(ctx): State<Arc<Ctx>>,
+    State(ctx): State<Arc<Control>>,
     Path(key): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
@@ -503,7 +503,7 @@ async fn list_transitions(
 }
 
 async fn do_transition(
-    State(ctx): State<Arc<Ctx>>,
+    State(ctx): State<Arc<Control>>,
     u: Option<Extension<JiraUser>>,
     Path(key): Path<String>,
     body: Bytes,
@@ -524,7 +524,7 @@ async fn do_transition(
     }
 }
 
-async fn list_comments(State(ctx): State<Arc<Ctx>>, Path(key): Path<String>) -> Response {
+async fn list_comments(State(ctx): State<Arc<Control>>, Path(key): Path<String>) -> Response {
     let w = ctx.world();
     let Some(issue) = w.jira.find(&key).and_then(|id| w.jira.issues.get(&id)) else {
         return JiraError::not_found().into_response();
@@ -540,7 +540,7 @@ async fn list_comments(State(ctx): State<Arc<Ctx>>, Path(key): Path<String>) -> 
 }
 
 async fn add_comment(
-    State(ctx): State<Arc<Ctx>>,
+    State(ctx): State<Arc<Control>>,
     u: Option<Extension<JiraUser>>,
     Path(key): Path<String>,
     body: Bytes,
@@ -581,7 +581,7 @@ async fn add_comment(
 }
 
 async fn user_lookup(
-    State(ctx): State<Arc<Ctx>>,
+    State(ctx): State<Arc<Control>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let Some(name) = q
@@ -601,7 +601,7 @@ async fn user_lookup(
 }
 
 async fn user_search(
-    State(ctx): State<Arc<Ctx>>,
+    State(ctx): State<Arc<Control>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let needle = q
@@ -622,7 +622,7 @@ async fn user_search(
 }
 
 async fn group_picker(
-    State(ctx): State<Arc<Ctx>>,
+    State(ctx): State<Arc<Control>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let needle = q.get("query").cloned().unwrap_or_default().to_lowercase();
@@ -643,7 +643,7 @@ async fn group_picker(
 }
 
 async fn createmeta(
-    State(ctx): State<Arc<Ctx>>,
+    State(ctx): State<Arc<Control>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let w = ctx.world();

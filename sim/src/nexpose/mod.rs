@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 
 use crate::server::PagingLoop;
 use crate::world::{qid_from_nexpose_id, Estate, HostIdx, KbEntry};
-use crate::{Ctx, Profile};
+use crate::{Control, Profile};
 use state::{NexposeScan, NexposeState, BUILTIN_TEMPLATES};
 
 /// A Nexpose error body `{"status","message","links"}`.
@@ -66,7 +66,7 @@ pub(crate) fn fault_response(status: u16) -> Response {
     NxError::new(status, msg).into_response()
 }
 
-pub(crate) fn router(ctx: Arc<Ctx>) -> Router<Arc<Ctx>> {
+pub(crate) fn router(ctx: Arc<Control>) -> Router<Arc<Control>> {
     Router::new()
         .route("/api/3/sites", get(sites))
         .route("/api/3/sites/:id", get(site_one))
@@ -98,7 +98,7 @@ pub(crate) fn router(ctx: Arc<Ctx>) -> Router<Arc<Ctx>> {
         .route_layer(middleware::from_fn_with_state(ctx, auth))
 }
 
-async fn auth(State(ctx): State<Arc<Ctx>>, req: Request, next: Next) -> Response {
+async fn auth(State(ctx): State<Arc<Control>>, req: Request, next: Next) -> Response {
     match authenticate(&ctx, req.headers()) {
         Some(_) => next.run(req).await,
         None => {
@@ -112,7 +112,7 @@ async fn auth(State(ctx): State<Arc<Ctx>>, req: Request, next: Next) -> Response
     }
 }
 
-fn authenticate(ctx: &Ctx, headers: &HeaderMap) -> Option<String> {
+fn authenticate(ctx: &Control, headers: &HeaderMap) -> Option<String> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let b64 = value.strip_prefix("Basic ")?;
     let decoded = base64::engine::general_purpose::STANDARD
@@ -139,7 +139,7 @@ struct PageReq {
     looping: bool,
 }
 
-fn page_req(ctx: &Ctx, q: &HashMap<String, String>, looping: bool) -> Result<PageReq, NxError> {
+fn page_req(ctx: &Control, q: &HashMap<String, String>, looping: bool) -> Result<PageReq, NxError> {
     let num = |k: &str, d: usize| -> Result<usize, NxError> {
         match q.get(k).map(String::as_str) {
             None | Some("") => Ok(d),
@@ -207,7 +207,7 @@ fn parse_u64(what: &str, s: &str) -> Result<u64, NxError> {
 }
 
 /// Scan ids: aegis-compat also accepts Go-Aegis' `123.000000`.
-fn parse_scan_id(ctx: &Ctx, s: &str) -> Result<u64, NxError> {
+fn parse_scan_id(ctx: &Control, s: &str) -> Result<u64, NxError> {
     let s = if ctx.cfg.profile == Profile::AegisCompat {
         s.split('.').next().unwrap_or(s)
     } else {
@@ -296,7 +296,7 @@ fn vulnerability_json(base: &str, k: &KbEntry) -> Value {
 // ------------------------------------------------------------------ sites and assets
 
 async fn sites(
-    State(ctx): State<Arc<Ctx>>,
+    State(ctx): State<Arc<Control>>,
     paging: Option<Extension<PagingLoop>>,
     uri: Uri,
     Query(q): Query<HashMap<String, String>>,
@@ -312,7 +312,7 @@ async fn sites(
     }))
 }
 
-async fn site_one(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> NxResult {
+async fn site_one(State(ctx): State<Arc<Control>>, Path(id): Path<String>) -> NxResult {
     let id = parse_u64("site", &id)?;
     let w = ctx.world();
     let s = w
@@ -328,7 +328,7 @@ async fn site_one(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> NxResu
 }
 
 async fn site_assets(
-    State(ctx): State<Arc<Ctx>>,
+    State(ctx): State<Arc<Control>>,
     paging: Option<Extension<PagingLoop>>,
     uri: Uri,
     Path(id): Path<String>,
@@ -348,7 +348,7 @@ async fn site_assets(
     }))
 }
 
-async fn site_engine(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> NxResult {
+async fn site_engine(State(ctx): State<Arc<Control>>, Path(id): Path<String>) -> NxResult {
     let id = parse_u64("site", &id)?;
     let w = ctx.world();
     let site = w
@@ -365,7 +365,7 @@ async fn site_engine(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> NxR
 }
 
 async fn assets(
-    State(ctx): State<Arc<Ctx>>,
+    State(ctx): State<Arc<Control>>,
     paging: Option<Extension<PagingLoop>>,
     uri: Uri,
     Query(q): Query<HashMap<String, String>>,
@@ -380,7 +380,7 @@ async fn assets(
     }))
 }
 
-async fn asset_one(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> NxResult {
+async fn asset_one(State(ctx): State<Arc<Control>>, Path(id): Path<String>) -> NxResult {
     let id = parse_u64("asset", &id)?;
     let w = ctx.world();
     let idx = w
@@ -391,7 +391,7 @@ async fn asset_one(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> NxRes
 }
 
 async fn asset_findings(
-    State(ctx): State<Arc<Ctx>>,
+    State(ctx): State<Arc<Control>>,
     paging: Option<Extension<PagingLoop>>,
     uri: Uri,
     Path(id): Path<String>,
@@ -448,7 +448,7 @@ fn kb_for(w: &Estate, id: &str) -> Result<KbEntry, NxError> {
 }
 
 async fn vulnerabilities(
-    State(ctx): State<Arc<Ctx>>,
+    State(ctx): State<Arc<Control>>,
     paging: Option<Extension<PagingLoop>>,
     uri: Uri,
     Query(q): Query<HashMap<String, String>>,
@@ -461,14 +461,14 @@ async fn vulnerabilities(
     }))
 }
 
-async fn vulnerability_one(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> NxResult {
+async fn vulnerability_one(State(ctx): State<Arc<Control>>, Path(id): Path<String>) -> NxResult {
     let w = ctx.world();
     let k = kb_for(&w.estate, &id)?;
     Ok(Json(vulnerability_json(&ctx.urls.nexpose, &k)).into_response())
 }
 
 async fn references(
-    State(ctx): State<Arc<Ctx>>,
+    State(ctx): State<Arc<Control>>,
     paging: Option<Extension<PagingLoop>>,
     uri: Uri,
     Path(id): Path<String>,
@@ -506,17 +506,17 @@ async fn references(
     ))
 }
 
-async fn solution_ids(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> NxResult {
+async fn solution_ids(State(ctx): State<Arc<Control>>, Path(id): Path<String>) -> NxResult {
     let k = kb_for(&ctx.world().estate, &id)?;
     Ok(Json(json!({"resources": [k.nexpose_solution_id()], "links": link(&ctx.urls.nexpose, &format!("/api/3/vulnerabilities/{id}/solutions"))})).into_response())
 }
 
-async fn check_ids(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> NxResult {
+async fn check_ids(State(ctx): State<Arc<Control>>, Path(id): Path<String>) -> NxResult {
     let k = kb_for(&ctx.world().estate, &id)?;
     Ok(Json(json!({"resources": [k.nexpose_check_id()], "links": link(&ctx.urls.nexpose, &format!("/api/3/vulnerabilities/{id}/checks"))})).into_response())
 }
 
-async fn solution_one(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> NxResult {
+async fn solution_one(State(ctx): State<Arc<Control>>, Path(id): Path<String>) -> NxResult {
     let k = kb_for(&ctx.world().estate, &id)?;
     Ok(Json(json!({
         "id": k.nexpose_solution_id(),
@@ -545,7 +545,7 @@ fn engine_json(base: &str, e: &state::Engine, nx: &NexposeState) -> Value {
            "links": link(base, &format!("/api/3/scan_engines/{}", e.id))})
 }
 
-async fn engines(State(ctx): State<Arc<Ctx>>) -> NxResult {
+async fn engines(State(ctx): State<Arc<Control>>) -> NxResult {
     let w = ctx.world();
     let all: Vec<Value> = w
         .nexpose
@@ -559,7 +559,7 @@ async fn engines(State(ctx): State<Arc<Ctx>>) -> NxResult {
     )
 }
 
-async fn engine_one(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> NxResult {
+async fn engine_one(State(ctx): State<Arc<Control>>, Path(id): Path<String>) -> NxResult {
     let id = parse_u64("scan engine", &id)?;
     let w = ctx.world();
     let e = w
@@ -570,7 +570,7 @@ async fn engine_one(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> NxRe
     Ok(Json(engine_json(&ctx.urls.nexpose, e, &w.nexpose)).into_response())
 }
 
-async fn templates(State(ctx): State<Arc<Ctx>>) -> NxResult {
+async fn templates(State(ctx): State<Arc<Control>>) -> NxResult {
     let w = ctx.world();
     let all: Vec<Value> = w.nexpose.templates.values().cloned().collect();
     Ok(
@@ -579,7 +579,7 @@ async fn templates(State(ctx): State<Arc<Ctx>>) -> NxResult {
     )
 }
 
-async fn template_one(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> NxResult {
+async fn template_one(State(ctx): State<Arc<Control>>, Path(id): Path<String>) -> NxResult {
     let w = ctx.world();
     let t = w
         .nexpose
@@ -589,7 +589,7 @@ async fn template_one(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> Nx
     Ok(Json(t.clone()).into_response())
 }
 
-async fn create_template(State(ctx): State<Arc<Ctx>>, body: Bytes) -> NxResult {
+async fn create_template(State(ctx): State<Arc<Control>>, body: Bytes) -> NxResult {
     let mut v: Value = serde_json::from_slice(&body)
         .map_err(|e| NxError::new(400, format!("The request body is not valid JSON: {e}")))?;
     let Some(obj) = v.as_object_mut() else {
@@ -630,7 +630,7 @@ async fn create_template(State(ctx): State<Arc<Ctx>>, body: Bytes) -> NxResult {
         .into_response())
 }
 
-async fn delete_template(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> NxResult {
+async fn delete_template(State(ctx): State<Arc<Control>>, Path(id): Path<String>) -> NxResult {
     if BUILTIN_TEMPLATES.iter().any(|(b, _)| *b == id) {
         return Err(NxError::new(
             400,
@@ -647,7 +647,13 @@ async fn delete_template(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) ->
 
 // ------------------------------------------------------------------ scans
 
-fn scan_json(base: &str, s: &NexposeScan, now: DateTime<Utc>, ctx: &Ctx, engine: &str) -> Value {
+fn scan_json(
+    base: &str,
+    s: &NexposeScan,
+    now: DateTime<Utc>,
+    ctx: &Control,
+    engine: &str,
+) -> Value {
     let status = NexposeState::status(s, now, &ctx.cfg.scan_timing);
     let end = s.finished_at.filter(|_| status == "finished");
     let secs = (end.unwrap_or(now) - s.launched_at)
@@ -679,7 +685,7 @@ fn scan_json(base: &str, s: &NexposeScan, now: DateTime<Utc>, ctx: &Ctx, engine:
 }
 
 async fn start_scan(
-    State(ctx): State<Arc<Ctx>>,
+    State(ctx): State<Arc<Control>>,
     Path(site): Path<String>,
     body: Bytes,
 ) -> NxResult {
@@ -794,7 +800,7 @@ fn engine_name(nx: &NexposeState, id: u32) -> String {
 }
 
 async fn scans(
-    State(ctx): State<Arc<Ctx>>,
+    State(ctx): State<Arc<Control>>,
     paging: Option<Extension<PagingLoop>>,
     uri: Uri,
     Query(q): Query<HashMap<String, String>>,
@@ -810,7 +816,7 @@ async fn scans(
 }
 
 async fn site_scans(
-    State(ctx): State<Arc<Ctx>>,
+    State(ctx): State<Arc<Control>>,
     paging: Option<Extension<PagingLoop>>,
     uri: Uri,
     Path(site): Path<String>,
@@ -833,7 +839,7 @@ async fn site_scans(
     }))
 }
 
-async fn scan_one(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> NxResult {
+async fn scan_one(State(ctx): State<Arc<Control>>, Path(id): Path<String>) -> NxResult {
     let id = parse_scan_id(&ctx, &id)?;
     let now = ctx.now();
     let w = ctx.world();
@@ -853,7 +859,7 @@ async fn scan_one(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> NxResu
 }
 
 async fn scan_action(
-    State(ctx): State<Arc<Ctx>>,
+    State(ctx): State<Arc<Control>>,
     Path((id, action)): Path<(String, String)>,
 ) -> NxResult {
     let id = parse_scan_id(&ctx, &id)?;

@@ -17,7 +17,7 @@ use super::state::{DetStatus, Detection, QualysState};
 use super::xml::{cdata, esc, prolog, push_time, time};
 use super::{in_ranges, next_page_url, parse_id_ranges, streamed, Call, QualysError};
 use crate::world::{Estate, Host, HostIdx, TrackingMethod, VulnKey};
-use crate::Ctx;
+use crate::Control;
 
 /// Hosts rendered per chunk.
 const CHUNK_HOSTS: usize = 64;
@@ -178,7 +178,7 @@ impl Filter {
 }
 
 struct Cursor {
-    ctx: Arc<Ctx>,
+    ctx: Arc<Control>,
     filter: Filter,
     pos: usize,
     emitted: usize,

@@ -30,7 +30,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use crate::faults::Vendor;
 use crate::server::PagingLoop;
 use crate::world::mix;
-use crate::{Ctx, Profile};
+use crate::{Control, Profile};
 use state::{ApplianceStatus, OptionProfile, QualysState, Scan, ScanState, SearchList};
 use xml::{cdata, esc, prolog, push_time, simple_return, time};
 
@@ -148,7 +148,7 @@ impl Params {
 
 /// Request context handed to every action.
 struct Call {
-    ctx: Arc<Ctx>,
+    ctx: Arc<Control>,
     params: Params,
     body: Bytes,
     user: String,
@@ -177,7 +177,7 @@ impl Call {
 #[derive(Clone)]
 struct QualysUser(String);
 
-pub(crate) fn router(ctx: Arc<Ctx>) -> Router<Arc<Ctx>> {
+pub(crate) fn router(ctx: Arc<Control>) -> Router<Arc<Control>> {
     let mut r = Router::new();
     for (path, handler) in [
         ("/api/2.0/fo/appliance", Endpoint::Appliance),
@@ -196,7 +196,7 @@ pub(crate) fn router(ctx: Arc<Ctx>) -> Router<Arc<Ctx>> {
         ),
         ("/api/2.0/fo/qid/search_list/static", Endpoint::SearchList),
     ] {
-        let h = move |state: State<Arc<Ctx>>,
+        let h = move |state: State<Arc<Control>>,
                       user: Option<Extension<QualysUser>>,
                       paging: Option<Extension<PagingLoop>>,
                       uri: Uri,
@@ -224,7 +224,7 @@ enum Endpoint {
 
 async fn dispatch(
     endpoint: Endpoint,
-    State(ctx): State<Arc<Ctx>>,
+    State(ctx): State<Arc<Control>>,
     user: Option<Extension<QualysUser>>,
     paging: Option<Extension<PagingLoop>>,
     uri: Uri,
@@ -271,7 +271,7 @@ async fn dispatch(
 }
 
 /// Authentication, `X-Requested-With`, rate and concurrency limits, and the limit headers.
-async fn gate(State(ctx): State<Arc<Ctx>>, mut req: Request, next: Next) -> Response {
+async fn gate(State(ctx): State<Arc<Control>>, mut req: Request, next: Next) -> Response {
     let limits = &ctx.cfg.qualys;
     let Some(user) = authenticate(&ctx, req.headers()) else {
         let mut r = QualysError::new(401, 2000, "Bad Login/Password").into_response();
@@ -355,7 +355,7 @@ fn set_header(resp: &mut Response, name: &'static str, v: impl std::fmt::Display
     }
 }
 
-fn authenticate(ctx: &Ctx, headers: &HeaderMap) -> Option<String> {
+fn authenticate(ctx: &Control, headers: &HeaderMap) -> Option<String> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let b64 = value.strip_prefix("Basic ")?;
     let decoded = base64::engine::general_purpose::STANDARD
