@@ -40,8 +40,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use control::HostPatch;
 pub use faults::{FaultAction, FaultSpec, FaultStatus, Vendor};
 pub use journal::JournalEntry;
+pub use qualys::state::ScanState as QualysScanState;
 pub use world::{
     EstateSpec, HostFixture, KbEntry, Proto, TrackingMethod, VulnFixture, VulnKey, WorldFixture,
 };
