@@ -13,6 +13,7 @@
 //! with backoff; running jobs carry on meanwhile.
 
 mod jobs;
+mod vendors;
 mod runner;
 
 use std::process::ExitCode;

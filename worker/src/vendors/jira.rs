@@ -1,0 +1,1 @@
+//! JIRA REST API v2 client.

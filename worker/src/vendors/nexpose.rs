@@ -1,0 +1,1 @@
+//! Nexpose / InsightVM API v3 (JSON) client.

@@ -1,0 +1,1 @@
+//! Qualys VM API v2 (XML) client.
