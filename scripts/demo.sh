@@ -38,12 +38,20 @@ step "Fresh database and schema"
 mysql -h 127.0.0.1 -u root -e 'DROP DATABASE IF EXISTS aegis_demo'
 aegis migrate
 
+step "The vendor simulators (JIRA, Qualys, Nexpose) stand in for the real vendors"
+"$BIN/aegis-sim" --jira-port 18080 --qualys-port 18081 --nexpose-port 18082 --control-port 18083 \
+  --hosts 20 --detections-per-host 4 --scan-queued-secs 1 --scan-running-secs 3 --scan-processing-secs 1 \
+  > "$DEMO/sim.json" 2> "$DEMO/sim.log" & PIDS+=($!)
+for _ in $(seq 1 40); do [ -s "$DEMO/sim.json" ] && break; sleep 0.25; done
+cat "$DEMO/sim.json"
+suggested() { curl -sf http://127.0.0.1:18083/_sim/source-configs | python3 -c "import json,sys; print(json.dumps(json.load(sys.stdin)['$1']['payload']))"; }
+
 step "An organization, its JIRA and Qualys source configs (credentials sealed), and the installer's job configs"
 aegis org create --code DEMO --description "Aegis demo organization"
-JIRA_PASSWORD=demo-jira-secret aegis source add --org DEMO --source JIRA --address http://127.0.0.1:18080 \
-  --username aegis --password-env JIRA_PASSWORD --project VULN --delay-ns 50000000 --concurrency 4
-QUALYS_PASSWORD=demo-qualys-secret aegis source add --org DEMO --source Qualys --address http://127.0.0.1:18081 \
-  --username aegis --password-env QUALYS_PASSWORD --payload '{"groups":[1]}'
+SIM_PASSWORD=aegis aegis source add --org DEMO --source JIRA --address http://127.0.0.1:18080 \
+  --username aegis --password-env SIM_PASSWORD --payload "$(suggested jira)" --delay-ns 20000000 --concurrency 4
+SIM_PASSWORD=aegis aegis source add --org DEMO --source Qualys --address http://127.0.0.1:18081 \
+  --username aegis --password-env SIM_PASSWORD --payload "$(suggested qualys)" --delay-ns 20000000 --concurrency 2
 JIRA=$(mysql -N -h 127.0.0.1 -u root aegis_demo -e "SELECT ID FROM SourceConfig WHERE Source='JIRA'")
 QUALYS=$(mysql -N -h 127.0.0.1 -u root aegis_demo -e "SELECT ID FROM SourceConfig WHERE Source='Qualys'")
 aegis jobconfig create-defaults --org DEMO --scanner "$QUALYS" --ticketing "$JIRA" --groups 1 --no-auto-start >/dev/null

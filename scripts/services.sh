@@ -26,6 +26,7 @@ install_missing() {
   have cc || pkgs+=(build-essential)
   have pkg-config || pkgs+=(pkg-config)
   have curl || pkgs+=(curl ca-certificates)
+  have python3 || pkgs+=(python3 python3-venv)
   if [ ${#pkgs[@]} -gt 0 ]; then
     log "installing Debian packages: ${pkgs[*]}"
     as_root apt-get update -qq
