@@ -97,6 +97,8 @@ make `autoscaling: {enabled: false}` in a pool impossible). Lists are replaced.
 The effective settings of every worker pool, as a JSON list: worker defaults
 with the pool's overrides merged in, plus the computed fields
 "fullname" (Deployment name), "jobList" (job names consumed) and "queues".
+A pool without a jobs list takes every job that no other pool lists ("jobs"
+then holds that list, or stays empty when no pool is dedicated, meaning all).
 Validates pool names (unique) and job names.
 */}}
 {{- define "aegis.workerPools" -}}
@@ -105,6 +107,15 @@ Validates pool names (unique) and job names.
 {{- $known := splitList " " (include "aegis.jobNames" .) -}}
 {{- $seen := dict -}}
 {{- $pools := list -}}
+{{- /* Job names some pool lists explicitly: a pool without a list takes the others. */ -}}
+{{- $dedicated := list -}}
+{{- range .Values.worker.pools -}}
+{{- $dedicated = concat $dedicated (.jobs | default list) -}}
+{{- end -}}
+{{- $rest := list -}}
+{{- range $known -}}
+{{- if not (has . $dedicated) -}}{{- $rest = append $rest . -}}{{- end -}}
+{{- end -}}
 {{- if not .Values.worker.pools -}}
 {{- fail "worker.pools: give at least one pool (e.g. [{name: default}])" -}}
 {{- end -}}
@@ -115,7 +126,15 @@ Validates pool names (unique) and job names.
 {{- $_ := set $seen $pool.name true -}}
 {{- $p := deepCopy $defaults -}}
 {{- include "aegis.mergeInto" (dict "dst" $p "src" (deepCopy $pool)) -}}
-{{- $jobs := $p.jobs | default $known -}}
+{{- $jobs := $p.jobs -}}
+{{- if not $jobs -}}
+{{- if not $rest -}}
+{{- fail (printf "worker.pools[%s]: jobs is empty, meaning every job no other pool lists, but the other pools list them all" $pool.name) -}}
+{{- end -}}
+{{- $jobs = $rest -}}
+{{- /* No pool is dedicated: leave AEGIS_WORKER_JOBS empty (all jobs the worker knows). */ -}}
+{{- if not $dedicated -}}{{- $_ := set $p "jobs" list -}}{{- else -}}{{- $_ := set $p "jobs" $rest -}}{{- end -}}
+{{- end -}}
 {{- range $jobs -}}
 {{- if not (has . $known) -}}
 {{- fail (printf "worker.pools[%s].jobs: unknown job name %q (known: %s)" $pool.name . (join ", " $known)) -}}
