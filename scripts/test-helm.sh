@@ -12,8 +12,16 @@ venv="${AEGIS_PY_VENV:-$HOME/.cache/aegis-venv}"
 requirements=tests/helm/requirements.txt
 python="${PYTHON:-python3}"
 
-if ! command -v "$python" >/dev/null 2>&1; then
-  echo "test-helm: $python not found; install Python 3.10+ (Debian: apt-get install python3 python3-venv)" >&2
+have() { command -v "$1" >/dev/null 2>&1; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif have sudo; then sudo "$@"; else return 1; fi; }
+
+# A fresh Debian machine may lack python3 or its venv module: install them.
+if { ! have "$python" || ! "$python" -c 'import ensurepip, venv' 2>/dev/null; } && have apt-get; then
+  echo "test-helm: installing the Debian packages python3 and python3-venv" >&2
+  as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv || true
+fi
+if ! have "$python"; then
+  echo "test-helm: $python not found; install Python 3.10+ with its venv module" >&2
   exit 1
 fi
 if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
