@@ -144,6 +144,15 @@ def test_every_core_manifest_is_valid_for_kubernetes(rendered):
             pytest.fail(f"{obj['_template']}: {obj['kind']}/{obj['metadata']['name']}: {path}: {e.message}")
 
 
+def test_the_kubernetes_validation_catches_a_bad_field():
+    # Control for the test above: strict schemas, shipped in the package (no network).
+    objs = objects(render())
+    deployment = strip(named(objs, "Deployment", "aegis-coordinator"))
+    deployment["spec"]["template"]["spec"]["containers"][0]["securityContext"]["readOnlyRootFileSystem"] = True
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBE_VERSION, strict=True)
+
+
 def test_every_object_is_of_a_known_kind(rendered):
     # Guards the CRD skip above: anything else must be schema-validated.
     _, _, objs = rendered
@@ -373,6 +382,8 @@ def test_pool_validation_names_the_problem():
         render({"worker": {"pools": [{"name": "a"}, {"name": "a"}]}})
     with pytest.raises(helm.HelmError, match="needs resources.requests.cpu"):
         render({"worker": {"resources": {"requests": {"cpu": None}}}})  # null removes a default
+    with pytest.raises(helm.HelmError, match="minReplicas must be at least 1"):
+        render({"worker": {"autoscaling": {"minReplicas": 0}}})
     with pytest.raises(helm.HelmError, match="config.extra.AEGIS_DATABASE_URL"):
         render({"config": {"extra": {"AEGIS_DATABASE_URL": "mysql://x"}}})
 
