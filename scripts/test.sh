@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
+# The Helm chart: rendered with the real Helm SDK and validated (Python, in a venv).
+scripts/test-helm.sh -q
 # The integration tests start the real binaries: build them first.
 cargo build --workspace --bins --tests --quiet
 cargo test --workspace --no-fail-fast -- --test-threads="${AEGIS_TEST_THREADS:-2}"
