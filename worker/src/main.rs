@@ -13,8 +13,8 @@
 //! with backoff; running jobs carry on meanwhile.
 
 mod jobs;
-mod vendors;
 mod runner;
+mod vendors;
 
 use std::process::ExitCode;
 use std::sync::Arc;
