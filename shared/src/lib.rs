@@ -9,6 +9,8 @@ pub mod db;
 pub mod logging;
 pub mod metrics;
 pub mod model;
+pub mod ratelimit;
 pub mod secrets;
+pub mod source_http;
 
 pub use config::Settings;

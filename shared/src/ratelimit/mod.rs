@@ -1,0 +1,693 @@
+//! The fleet-wide rate limiter: every vendor request of every worker takes a
+//! [`Permit`] here first (see `docs/ratelimit.md`).
+//!
+//! A limit is identified by its *limit key* (the SourceConfig ID, or the
+//! `LimitKey` of AuthInfo for sources sharing one vendor account) and holds two
+//! rules for the whole fleet:
+//!
+//! * `Delay`: at least this long between two request starts (GCRA with τ = 0;
+//!   the next start is reserved, so callers queue instead of polling);
+//! * `Concurrency`: at most this many permits held at once (a sorted set of
+//!   leases that expire by themselves, so a killed worker's slots come back).
+//!
+//! Both rules, and a fleet-wide pause set from `Retry-After`, are checked by one
+//! atomic Lua script ([`script.lua`](script.lua)) that uses only Redis's clock.
+//! When no wait is needed an acquire is one Redis round trip.
+//!
+//! Invariants this module keeps:
+//! * a permit never outlives its lease unnoticed: long requests extend it, and a
+//!   lost lease is logged and counted;
+//! * releasing is idempotent (a `ZREM` of a lease id) and happens on drop;
+//! * if Redis is unreachable the process falls back to a conservative local
+//!   limit ([`LimiterOptions::fallback_share`]), never to no limit, and returns
+//!   to the global limit once Redis answers again.
+
+mod local;
+pub mod settings;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
+use rand::Rng;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::model::source_config::SourceLimits;
+
+pub use settings::LimitsCache;
+
+use local::{LocalLimiter, LocalPermit};
+
+/// `Concurrency` used when AuthInfo has none: one request in flight. The
+/// original refused to start; we run, safely, and warn once per limit key.
+pub const DEFAULT_CONCURRENCY: u32 = 1;
+
+/// The environment variable naming how many processes the local fallback
+/// assumes share a limit.
+pub const FALLBACK_SHARE_VAR: &str = "AEGIS_RATELIMIT_FALLBACK_SHARE";
+
+static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("script.lua")));
+
+/// Why a permit could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum LimitError {
+    #[error("rate limit {limit_key}: no permit within {waited:?} (limit of the wait: {max_wait:?}); the source is paused or its Concurrency is held by long requests")]
+    WaitTooLong {
+        limit_key: String,
+        waited: Duration,
+        max_wait: Duration,
+    },
+    #[error("AEGIS_REDIS_URL {url:?} is not a valid Redis URL: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("{setting}: {reason}")]
+    BadSetting { setting: &'static str, reason: String },
+    #[error("Redis at {url}: {source}")]
+    Redis {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error("rate limits of SourceConfig {source_config}: {source}")]
+    Limits {
+        source_config: String,
+        #[source]
+        source: crate::model::ModelError,
+    },
+}
+
+/// Tunables of a [`Limiter`]. [`LimiterOptions::from_env`] gives the defaults.
+#[derive(Clone, Debug)]
+pub struct LimiterOptions {
+    /// How long a lease lasts without extension. A killed worker's slots come
+    /// back within this. Requests longer than half of it are extended.
+    pub lease_ttl: Duration,
+    /// The longest one `acquire` waits before failing with [`LimitError::WaitTooLong`].
+    pub max_wait: Duration,
+    /// The longest start time ahead that is reserved; beyond it callers poll.
+    pub max_ahead: Duration,
+    /// `AEGIS_RATELIMIT_FALLBACK_SHARE` (default 4): while Redis is unreachable
+    /// each process assumes up to this many processes share a limit, and uses
+    /// `Delay × share` and `max(1, Concurrency / share)` on its own.
+    pub fallback_share: u32,
+    /// Timeout of one Redis call; beyond it Redis counts as unreachable.
+    pub redis_timeout: Duration,
+    /// While in fallback, how often Redis is tried again.
+    pub redis_retry_interval: Duration,
+    /// The longest sleep between two attempts while the concurrency is full.
+    pub concurrency_poll: Duration,
+}
+
+impl Default for LimiterOptions {
+    fn default() -> Self {
+        LimiterOptions {
+            lease_ttl: Duration::from_secs(30),
+            max_wait: Duration::from_secs(15 * 60),
+            max_ahead: Duration::from_secs(60),
+            fallback_share: 4,
+            redis_timeout: Duration::from_millis(500),
+            redis_retry_interval: Duration::from_secs(1),
+            concurrency_poll: Duration::from_millis(20),
+        }
+    }
+}
+
+impl LimiterOptions {
+    /// The defaults, with `AEGIS_RATELIMIT_FALLBACK_SHARE` from the environment.
+    pub fn from_env() -> Result<Self, LimitError> {
+        let mut options = LimiterOptions::default();
+        if let Ok(text) = std::env::var(FALLBACK_SHARE_VAR) {
+            if !text.trim().is_empty() {
+                options.fallback_share = text
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|n: &u32| *n >= 1)
+                    .ok_or_else(|| LimitError::BadSetting {
+                        setting: FALLBACK_SHARE_VAR,
+                        reason: format!("{text:?} is not a number of processes >= 1"),
+                    })?;
+            }
+        }
+        Ok(options)
+    }
+}
+
+/// The Redis keys of one limit. All share the hash tag `{<limit key>}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitKeys {
+    pub tat: String,
+    pub leases: String,
+    pub pause: String,
+}
+
+impl LimitKeys {
+    /// `{namespace.}aegis:rl:{<limit key>}:tat|leases|pause`.
+    pub fn new(namespace: &str, limit_key: &str) -> Self {
+        let prefix = if namespace.is_empty() { String::new() } else { format!("{namespace}.") };
+        let base = format!("{prefix}aegis:rl:{{{limit_key}}}");
+        LimitKeys {
+            tat: format!("{base}:tat"),
+            leases: format!("{base}:leases"),
+            pause: format!("{base}:pause"),
+        }
+    }
+}
+
+/// The rules of one limit as the script applies them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EffectiveLimits {
+    pub limit_key: String,
+    /// Microseconds between starts, `Delay` rounded up; 0 means no spacing.
+    pub delay_us: u64,
+    /// Permits held at once; [`DEFAULT_CONCURRENCY`] when AuthInfo has none.
+    pub concurrency: u32,
+}
+
+impl EffectiveLimits {
+    pub fn from_limits(limits: &SourceLimits) -> Self {
+        let nanos = limits.delay.as_nanos();
+        EffectiveLimits {
+            limit_key: limits.limit_key.clone(),
+            delay_us: u64::try_from(nanos.div_ceil(1000)).unwrap_or(u64::MAX),
+            concurrency: limits.concurrency.unwrap_or(DEFAULT_CONCURRENCY).max(1),
+        }
+    }
+
+    pub fn delay(&self) -> Duration {
+        Duration::from_micros(self.delay_us)
+    }
+}
+
+/// What the script answered to `acquire`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grant {
+    /// Start in `wait` (zero: now); the lease is held.
+    Granted { wait: Duration },
+    /// Not now; ask again after `retry_after`.
+    Denied { retry_after: Duration, reason: DenyReason },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DenyReason {
+    Paused,
+    ConcurrencyFull,
+    QueueTooLong,
+}
+
+struct Metrics {
+    fallback: IntGaugeVec,
+    wait: HistogramVec,
+    redis_errors: IntCounterVec,
+    pauses: IntCounterVec,
+    leases_lost: IntCounterVec,
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(metric: T) -> T {
+    // Fails only for a duplicate name; the metric still works unregistered.
+    let _ = crate::metrics::REGISTRY.register(Box::new(metric.clone()));
+    metric
+}
+
+static METRICS: LazyLock<Option<Metrics>> = LazyLock::new(|| {
+    let label = &["limit_key"];
+    Some(Metrics {
+        fallback: register(
+            IntGaugeVec::new(
+                Opts::new("aegis_ratelimit_fallback", "1 while this process limits the key locally because Redis is unreachable"),
+                label,
+            )
+            .ok()?,
+        ),
+        wait: register(
+            HistogramVec::new(
+                HistogramOpts::new("aegis_ratelimit_wait_seconds", "Time from asking for a permit to the permitted start")
+                    .buckets(vec![0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0]),
+                label,
+            )
+            .ok()?,
+        ),
+        redis_errors: register(
+            IntCounterVec::new(Opts::new("aegis_ratelimit_redis_errors_total", "Limiter calls to Redis that failed"), label).ok()?,
+        ),
+        pauses: register(
+            IntCounterVec::new(Opts::new("aegis_ratelimit_pauses_total", "Fleet-wide pauses set from vendor rate-limit signals"), label)
+                .ok()?,
+        ),
+        leases_lost: register(
+            IntCounterVec::new(
+                Opts::new("aegis_ratelimit_leases_lost_total", "Leases that expired while their request still ran (lease TTL too short)"),
+                label,
+            )
+            .ok()?,
+        ),
+    })
+});
+
+/// The fleet-wide limiter of one process. Cheap to clone; clones share the
+/// Redis connection and the fallback state.
+#[derive(Clone)]
+pub struct Limiter {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter")
+            .field("redis", &self.inner.url)
+            .field("namespace", &self.inner.namespace)
+            .field("options", &self.inner.options)
+            .finish()
+    }
+}
+
+struct Inner {
+    client: redis::Client,
+    /// The URL without its password, for messages.
+    url: String,
+    namespace: String,
+    options: LimiterOptions,
+    connection: tokio::sync::Mutex<Option<ConnectionManager>>,
+    health: Mutex<Health>,
+    locals: Mutex<HashMap<String, Arc<LocalLimiter>>>,
+    warned_default: Mutex<HashSet<String>>,
+}
+
+/// Whether Redis answered lately. `down_since` is set for the length of an outage.
+struct Health {
+    down_since: Option<Instant>,
+    last_try: Option<Instant>,
+}
+
+impl Limiter {
+    /// The limiter of a process: `AEGIS_REDIS_URL`, `AEGIS_NAMESPACE`, and
+    /// [`LimiterOptions::from_env`]. Does not connect yet.
+    pub fn new(settings: &Settings) -> Result<Self, LimitError> {
+        Self::with_options(&settings.redis_url, &settings.namespace, LimiterOptions::from_env()?)
+    }
+
+    /// A limiter with explicit options. Does not connect yet: a Redis that is
+    /// down at start-up means the local fallback, not a failed start.
+    pub fn with_options(redis_url: &str, namespace: &str, options: LimiterOptions) -> Result<Self, LimitError> {
+        let url = crate::db::redact_url(redis_url);
+        let client = redis::Client::open(redis_url).map_err(|e| LimitError::BadUrl { url: url.clone(), reason: e.to_string() })?;
+        if options.fallback_share == 0 {
+            return Err(LimitError::BadSetting { setting: FALLBACK_SHARE_VAR, reason: "must be at least 1".into() });
+        }
+        Ok(Limiter {
+            inner: Arc::new(Inner {
+                client,
+                url,
+                namespace: namespace.to_string(),
+                options,
+                connection: tokio::sync::Mutex::new(None),
+                health: Mutex::new(Health { down_since: None, last_try: None }),
+                locals: Mutex::new(HashMap::new()),
+                warned_default: Mutex::new(HashSet::new()),
+            }),
+        })
+    }
+
+    pub fn options(&self) -> &LimiterOptions {
+        &self.inner.options
+    }
+
+    pub fn keys(&self, limit_key: &str) -> LimitKeys {
+        LimitKeys::new(&self.inner.namespace, limit_key)
+    }
+
+    /// Whether this process is limiting locally because Redis is unreachable.
+    pub fn in_fallback(&self) -> bool {
+        lock(&self.inner.health).down_since.is_some()
+    }
+
+    /// Waits until `limits` allow one more request to start, fleet-wide, and
+    /// returns its permit. Hold the permit until the response body has been
+    /// read or dropped.
+    pub async fn acquire(&self, limits: &SourceLimits) -> Result<Permit, LimitError> {
+        let missing_concurrency = limits.concurrency.is_none();
+        let limits = EffectiveLimits::from_limits(limits);
+        if missing_concurrency && lock(&self.inner.warned_default).insert(limits.limit_key.clone()) {
+            tracing::warn!(
+                limit_key = %limits.limit_key,
+                "AuthInfo has no Concurrency; allowing {DEFAULT_CONCURRENCY} request(s) in flight across the fleet. Set \"Concurrency\" in AuthInfo to change it"
+            );
+        }
+        let asked = Instant::now();
+        let deadline = asked + self.inner.options.max_wait;
+        let keys = self.keys(&limits.limit_key);
+        loop {
+            if self.skip_redis() {
+                return Ok(self.local_permit(&limits, asked).await);
+            }
+            let lease_id = uuid::Uuid::new_v4().simple().to_string();
+            match self.try_grant(&keys, &limits, &lease_id).await {
+                Err(e) => {
+                    self.mark_down(&limits.limit_key, &e);
+                    return Ok(self.local_permit(&limits, asked).await);
+                }
+                Ok(grant) => {
+                    self.mark_up();
+                    set_fallback_gauge(&limits.limit_key, false);
+                    match grant {
+                        Grant::Granted { wait } => {
+                            let permit = self.global_permit(keys.clone(), &limits, lease_id, Instant::now() + wait);
+                            if !wait.is_zero() {
+                                tokio::time::sleep(wait).await;
+                                // A pause set while this caller waited for its
+                                // reserved start also holds for it.
+                                if wait >= Duration::from_millis(2) && self.paused(&keys).await {
+                                    drop(permit);
+                                    continue;
+                                }
+                            }
+                            let mut permit = permit;
+                            permit.waited = asked.elapsed();
+                            observe_wait(&limits.limit_key, permit.waited);
+                            return Ok(permit);
+                        }
+                        Grant::Denied { retry_after, reason } => {
+                            let now = Instant::now();
+                            if now >= deadline {
+                                return Err(LimitError::WaitTooLong {
+                                    limit_key: limits.limit_key.clone(),
+                                    waited: now - asked,
+                                    max_wait: self.inner.options.max_wait,
+                                });
+                            }
+                            let base = match reason {
+                                DenyReason::ConcurrencyFull => retry_after.min(self.inner.options.concurrency_poll),
+                                // Re-check at least every second so a changed
+                                // limit or a lifted pause is seen.
+                                DenyReason::Paused | DenyReason::QueueTooLong => retry_after.min(Duration::from_secs(1)),
+                            };
+                            let sleep = jitter(base).min(deadline - now);
+                            tokio::time::sleep(sleep).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs the script's `acquire` once: the building block of
+    /// [`Limiter::acquire`], public for tests of the script's edge cases. A
+    /// granted lease is `lease_id`; release it with [`Limiter::release_lease`].
+    pub async fn try_grant(&self, keys: &LimitKeys, limits: &EffectiveLimits, lease_id: &str) -> Result<Grant, LimitError> {
+        let ttl_ms = duration_ms(self.inner.options.lease_ttl).max(1);
+        let ahead_us = u64::try_from(self.inner.options.max_ahead.as_micros()).unwrap_or(u64::MAX);
+        let mut inv = SCRIPT.prepare_invoke();
+        inv.key(&keys.tat)
+            .key(&keys.leases)
+            .key(&keys.pause)
+            .arg("acquire")
+            .arg(limits.delay_us)
+            .arg(limits.concurrency)
+            .arg(ttl_ms)
+            .arg(lease_id)
+            .arg(ahead_us);
+        let reply: (i64, i64, i64) = self.run(&limits.limit_key, inv).await?;
+        let micros = Duration::from_micros(u64::try_from(reply.1).unwrap_or(0));
+        Ok(match reply {
+            (1, _, _) => Grant::Granted { wait: micros },
+            (_, _, 1) => Grant::Denied { retry_after: micros, reason: DenyReason::Paused },
+            (_, _, 3) => Grant::Denied { retry_after: micros, reason: DenyReason::QueueTooLong },
+            _ => Grant::Denied { retry_after: micros, reason: DenyReason::ConcurrencyFull },
+        })
+    }
+
+    /// Removes a lease; `true` if it was still held. Idempotent.
+    pub async fn release_lease(&self, keys: &LimitKeys, limit_key: &str, lease_id: &str) -> Result<bool, LimitError> {
+        let mut inv = SCRIPT.prepare_invoke();
+        inv.key(&keys.tat).key(&keys.leases).key(&keys.pause).arg("release").arg(lease_id);
+        let removed: i64 = self.run(limit_key, inv).await?;
+        Ok(removed > 0)
+    }
+
+    /// Extends a held lease to now + lease TTL; `false` if it had expired.
+    pub async fn extend_lease(&self, keys: &LimitKeys, limit_key: &str, lease_id: &str) -> Result<bool, LimitError> {
+        let mut inv = SCRIPT.prepare_invoke();
+        inv.key(&keys.tat)
+            .key(&keys.leases)
+            .key(&keys.pause)
+            .arg("extend")
+            .arg(lease_id)
+            .arg(duration_ms(self.inner.options.lease_ttl).max(1));
+        let extended: i64 = self.run(limit_key, inv).await?;
+        Ok(extended > 0)
+    }
+
+    /// Pauses `limit_key` for the whole fleet for `duration` from now (Redis's
+    /// clock). A longer pause already set is kept.
+    pub async fn pause(&self, limit_key: &str, duration: Duration) -> Result<(), LimitError> {
+        let keys = self.keys(limit_key);
+        let mut inv = SCRIPT.prepare_invoke();
+        inv.key(&keys.tat)
+            .key(&keys.leases)
+            .key(&keys.pause)
+            .arg("pause")
+            .arg(u64::try_from(duration.as_micros()).unwrap_or(u64::MAX));
+        let _: i64 = self.run(limit_key, inv).await?;
+        if let Some(m) = METRICS.as_ref() {
+            m.pauses.with_label_values(&[limit_key]).inc();
+        }
+        tracing::info!(limit_key, pause_ms = duration_ms(duration), "source paused for the whole fleet");
+        Ok(())
+    }
+
+    /// Whether `keys` is paused now (one `PTTL`; false when Redis fails).
+    async fn paused(&self, keys: &LimitKeys) -> bool {
+        let Ok(mut con) = self.connection().await else { return false };
+        let ttl = tokio::time::timeout(self.inner.options.redis_timeout, redis::cmd("PTTL").arg(&keys.pause).query_async::<i64>(&mut con)).await;
+        matches!(ttl, Ok(Ok(ms)) if ms > 0)
+    }
+
+    async fn run<T: redis::FromRedisValue>(&self, limit_key: &str, inv: redis::ScriptInvocation<'_>) -> Result<T, LimitError> {
+        let result = async {
+            let mut con = self.connection().await?;
+            match tokio::time::timeout(self.inner.options.redis_timeout, inv.invoke_async::<T>(&mut con)).await {
+                Ok(r) => r,
+                Err(_) => Err(redis::RedisError::from((redis::ErrorKind::IoError, "timed out"))),
+            }
+        }
+        .await;
+        result.map_err(|source| {
+            if let Some(m) = METRICS.as_ref() {
+                m.redis_errors.with_label_values(&[limit_key]).inc();
+            }
+            LimitError::Redis { url: self.inner.url.clone(), source }
+        })
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, redis::RedisError> {
+        let mut slot = self.inner.connection.lock().await;
+        if let Some(con) = slot.as_ref() {
+            return Ok(con.clone());
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(self.inner.options.redis_timeout)
+            .set_response_timeout(self.inner.options.redis_timeout)
+            .set_number_of_retries(1)
+            .set_max_delay(1000);
+        let con = match tokio::time::timeout(
+            self.inner.options.redis_timeout * 2,
+            ConnectionManager::new_with_config(self.inner.client.clone(), config),
+        )
+        .await
+        {
+            Ok(r) => r?,
+            Err(_) => return Err(redis::RedisError::from((redis::ErrorKind::IoError, "connect timed out"))),
+        };
+        *slot = Some(con.clone());
+        Ok(con)
+    }
+
+    /// In fallback, Redis is tried again only every `redis_retry_interval`.
+    fn skip_redis(&self) -> bool {
+        let mut h = lock(&self.inner.health);
+        if h.down_since.is_none() {
+            return false;
+        }
+        let now = Instant::now();
+        match h.last_try {
+            Some(t) if now - t < self.inner.options.redis_retry_interval => true,
+            _ => {
+                h.last_try = Some(now);
+                false
+            }
+        }
+    }
+
+    fn mark_down(&self, limit_key: &str, error: &LimitError) {
+        let mut h = lock(&self.inner.health);
+        h.last_try = Some(Instant::now());
+        if h.down_since.is_none() {
+            h.down_since = Some(Instant::now());
+            let share = self.inner.options.fallback_share;
+            tracing::warn!(
+                error = %error,
+                limit_key,
+                fallback_share = share,
+                "Redis is unreachable: limiting requests locally with Delay × {share} and Concurrency / {share} until it is back"
+            );
+        }
+        drop(h);
+        set_fallback_gauge(limit_key, true);
+    }
+
+    fn mark_up(&self) {
+        let mut h = lock(&self.inner.health);
+        if let Some(since) = h.down_since.take() {
+            tracing::info!(outage_ms = duration_ms(since.elapsed()), "Redis is reachable again: fleet-wide rate limits apply again");
+            // Every key's gauge returns to 0 with its next global grant.
+        }
+    }
+
+    async fn local_permit(&self, limits: &EffectiveLimits, asked: Instant) -> Permit {
+        set_fallback_gauge(&limits.limit_key, true);
+        let share = self.inner.options.fallback_share.max(1);
+        let local = {
+            let mut locals = lock(&self.inner.locals);
+            Arc::clone(locals.entry(limits.limit_key.clone()).or_insert_with(|| Arc::new(LocalLimiter::new())))
+        };
+        let delay = limits.delay().saturating_mul(share);
+        let concurrency = (limits.concurrency / share).max(1);
+        let permit = local.acquire(delay, concurrency).await;
+        let waited = asked.elapsed();
+        observe_wait(&limits.limit_key, waited);
+        Permit { waited, global: false, inner: Some(PermitInner::Local(permit)) }
+    }
+
+    fn global_permit(&self, keys: LimitKeys, limits: &EffectiveLimits, lease_id: String, start: Instant) -> Permit {
+        let cancel = CancellationToken::new();
+        // Extend the lease while the request runs past half of its TTL.
+        let limiter = self.clone();
+        let extend_keys = keys.clone();
+        let limit_key = limits.limit_key.clone();
+        let id = lease_id.clone();
+        let stop = cancel.clone();
+        tokio::spawn(async move {
+            let ttl = limiter.inner.options.lease_ttl;
+            let mut next = start + ttl / 2;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep_until(next) => {}
+                }
+                match limiter.extend_lease(&extend_keys, &limit_key, &id).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        lease_lost(&limit_key);
+                        return;
+                    }
+                    Err(e) => tracing::debug!(error = %e, limit_key = %limit_key, "could not extend a lease"),
+                }
+                next = Instant::now() + ttl / 3;
+            }
+        });
+        Permit {
+            waited: Duration::ZERO,
+            global: true,
+            inner: Some(PermitInner::Global { limiter: self.clone(), keys, limit_key: limits.limit_key.clone(), lease_id, cancel }),
+        }
+    }
+}
+
+fn lease_lost(limit_key: &str) {
+    if let Some(m) = METRICS.as_ref() {
+        m.leases_lost.with_label_values(&[limit_key]).inc();
+    }
+    tracing::warn!(limit_key, "a rate-limit lease expired while its request still ran; the lease TTL is shorter than the request");
+}
+
+fn set_fallback_gauge(limit_key: &str, on: bool) {
+    if let Some(m) = METRICS.as_ref() {
+        m.fallback.with_label_values(&[limit_key]).set(i64::from(on));
+    }
+}
+
+fn observe_wait(limit_key: &str, waited: Duration) {
+    if let Some(m) = METRICS.as_ref() {
+        m.wait.with_label_values(&[limit_key]).observe(waited.as_secs_f64());
+    }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `base` plus 0–20 % at random, so waiting callers do not retry in step.
+fn jitter(base: Duration) -> Duration {
+    let extra = rand::thread_rng().gen_range(0.0..0.2);
+    base + base.mul_f64(extra)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Permission for one request to start. Hold it until the response body has
+/// been read or dropped; dropping it releases the concurrency slot.
+pub struct Permit {
+    waited: Duration,
+    global: bool,
+    inner: Option<PermitInner>,
+}
+
+enum PermitInner {
+    Global { limiter: Limiter, keys: LimitKeys, limit_key: String, lease_id: String, cancel: CancellationToken },
+    Local(LocalPermit),
+}
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit").field("waited", &self.waited).field("global", &self.global).finish()
+    }
+}
+
+impl Permit {
+    /// Time from asking to the permitted start.
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+
+    /// `true` for a fleet-wide permit, `false` for one of the local fallback.
+    pub fn is_global(&self) -> bool {
+        self.global
+    }
+
+    /// Releases now and reports whether the lease was still held (`true` for
+    /// local permits). Dropping a permit releases it too, in the background.
+    pub async fn release(mut self) -> Result<bool, LimitError> {
+        match self.inner.take() {
+            Some(PermitInner::Global { limiter, keys, limit_key, lease_id, cancel }) => {
+                cancel.cancel();
+                limiter.release_lease(&keys, &limit_key, &lease_id).await
+            }
+            Some(PermitInner::Local(p)) => {
+                drop(p);
+                Ok(true)
+            }
+            None => Ok(true),
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some(PermitInner::Global { limiter, keys, limit_key, lease_id, cancel }) = self.inner.take() {
+            cancel.cancel();
+            // Without a runtime (process exit) the lease simply expires.
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    if let Err(e) = limiter.release_lease(&keys, &limit_key, &lease_id).await {
+                        tracing::debug!(error = %e, limit_key = %limit_key, "could not release a lease; it expires by itself");
+                    }
+                });
+            }
+        }
+    }
+}
