@@ -97,7 +97,7 @@ impl Drop for LocalPermit {
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn local_limit_spaces_starts_and_caps_permits() {
         let limiter = Arc::new(LocalLimiter::new());
         let t0 = Instant::now();

@@ -691,3 +691,173 @@ impl Drop for Permit {
         }
     }
 }
+
+/// Edge cases of the script, against the real Redis of the test environment
+/// (`AEGIS_TEST_REDIS_URL`, default loopback); each test has its own namespace.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(lease_ttl: Duration) -> Limiter {
+        let url = std::env::var("AEGIS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
+        let ns = format!("rltest_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        Limiter::with_options(&url, &ns, LimiterOptions { lease_ttl, ..LimiterOptions::default() }).expect("limiter")
+    }
+
+    fn limits(delay: Duration, concurrency: u32) -> EffectiveLimits {
+        EffectiveLimits { limit_key: "sc1".into(), delay_us: u64::try_from(delay.as_micros()).expect("us"), concurrency }
+    }
+
+    async fn grant(l: &Limiter, lim: &EffectiveLimits, id: &str) -> Grant {
+        l.try_grant(&l.keys(&lim.limit_key), lim, id).await.expect("redis reachable")
+    }
+
+    #[tokio::test]
+    async fn delay_zero_means_no_spacing() {
+        let l = limiter(Duration::from_secs(30));
+        let lim = limits(Duration::ZERO, 100);
+        for i in 0..20 {
+            assert_eq!(grant(&l, &lim, &format!("l{i}")).await, Grant::Granted { wait: Duration::ZERO });
+        }
+    }
+
+    #[tokio::test]
+    async fn spacing_reserves_consecutive_starts_one_delay_apart() {
+        let l = limiter(Duration::from_secs(30));
+        let lim = limits(Duration::from_millis(100), 10);
+        let mut waits = Vec::new();
+        for i in 0..4 {
+            match grant(&l, &lim, &format!("l{i}")).await {
+                Grant::Granted { wait } => waits.push(wait),
+                other => panic!("expected a grant, got {other:?}"),
+            }
+        }
+        assert_eq!(waits[0], Duration::ZERO);
+        // Each reservation is one Delay after the previous, by Redis's clock;
+        // the calls themselves take a little time, so the waits shrink by that.
+        for (i, w) in waits.iter().enumerate().skip(1) {
+            let expected = Duration::from_millis(100 * i as u64);
+            assert!(*w <= expected && *w + Duration::from_millis(50) > expected, "wait {i} was {w:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn idle_time_is_not_banked_as_a_burst() {
+        let l = limiter(Duration::from_secs(30));
+        let lim = limits(Duration::from_millis(50), 10);
+        assert_eq!(grant(&l, &lim, "a").await, Grant::Granted { wait: Duration::ZERO });
+        // Wait (by polling Redis's own decision) until the reserved slot has passed.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let keys = l.keys("sc1");
+            let mut con = l.connection().await.expect("connection");
+            let pttl: i64 = redis::cmd("PTTL").arg(&keys.tat).query_async(&mut con).await.expect("pttl");
+            // The tat key lives until tat + 1 s; below 1 s left means tat is past.
+            if pttl < 950 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "tat never passed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(grant(&l, &lim, "b").await, Grant::Granted { wait: Duration::ZERO });
+        match grant(&l, &lim, "c").await {
+            Grant::Granted { wait } => assert!(wait > Duration::from_millis(40), "second start after idle only {wait:?} later"),
+            other => panic!("expected a grant, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrency_one_admits_one_until_released_and_release_is_idempotent() {
+        let l = limiter(Duration::from_secs(30));
+        let lim = limits(Duration::ZERO, 1);
+        let keys = l.keys("sc1");
+        assert_eq!(grant(&l, &lim, "a").await, Grant::Granted { wait: Duration::ZERO });
+        assert!(matches!(grant(&l, &lim, "b").await, Grant::Denied { reason: DenyReason::ConcurrencyFull, .. }));
+        assert!(l.release_lease(&keys, "sc1", "a").await.expect("release"));
+        assert!(!l.release_lease(&keys, "sc1", "a").await.expect("second release"), "a second release finds nothing");
+        assert_eq!(grant(&l, &lim, "b").await, Grant::Granted { wait: Duration::ZERO });
+    }
+
+    #[tokio::test]
+    async fn an_unreleased_lease_expires_by_itself() {
+        let l = limiter(Duration::from_millis(300));
+        let lim = limits(Duration::ZERO, 1);
+        let asked = Instant::now();
+        assert_eq!(grant(&l, &lim, "crashed").await, Grant::Granted { wait: Duration::ZERO });
+        let retry_after = match grant(&l, &lim, "next").await {
+            Grant::Denied { retry_after, reason: DenyReason::ConcurrencyFull } => retry_after,
+            other => panic!("expected a denial, got {other:?}"),
+        };
+        assert!(retry_after <= Duration::from_millis(300), "hint {retry_after:?} is beyond the lease");
+        loop {
+            if let Grant::Granted { .. } = grant(&l, &lim, "next").await {
+                break;
+            }
+            assert!(asked.elapsed() < Duration::from_secs(2), "the lease never expired");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(asked.elapsed() >= Duration::from_millis(250), "the lease expired early: {:?}", asked.elapsed());
+        let keys = l.keys("sc1");
+        assert!(!l.extend_lease(&keys, "sc1", "crashed").await.expect("extend"), "an expired lease cannot be extended");
+        assert!(l.extend_lease(&keys, "sc1", "next").await.expect("extend"));
+    }
+
+    #[tokio::test]
+    async fn a_pause_denies_everyone_until_it_ends() {
+        let l = limiter(Duration::from_secs(30));
+        let lim = limits(Duration::ZERO, 5);
+        l.pause("sc1", Duration::from_millis(400)).await.expect("pause");
+        // A shorter pause does not shorten a longer one.
+        l.pause("sc1", Duration::from_millis(10)).await.expect("pause");
+        match grant(&l, &lim, "a").await {
+            Grant::Denied { retry_after, reason: DenyReason::Paused } => {
+                assert!(retry_after > Duration::from_millis(300) && retry_after <= Duration::from_millis(400), "{retry_after:?}")
+            }
+            other => panic!("expected a pause, got {other:?}"),
+        }
+        let source_limits = SourceLimits { delay: Duration::ZERO, concurrency: Some(5), retries: 0, limit_key: "sc1".into() };
+        let started = Instant::now();
+        let permit = l.acquire(&source_limits).await.expect("permit after the pause");
+        assert!(started.elapsed() >= Duration::from_millis(300), "granted during the pause");
+        assert!(permit.is_global());
+        assert!(permit.release().await.expect("release"));
+    }
+
+    #[tokio::test]
+    async fn keys_share_one_hash_tag_and_the_namespace() {
+        let k = LimitKeys::new("ns1", "sc-9");
+        assert_eq!(k.tat, "ns1.aegis:rl:{sc-9}:tat");
+        assert_eq!(k.leases, "ns1.aegis:rl:{sc-9}:leases");
+        assert_eq!(k.pause, "ns1.aegis:rl:{sc-9}:pause");
+        assert_eq!(LimitKeys::new("", "x").tat, "aegis:rl:{x}:tat");
+    }
+
+    #[test]
+    fn missing_concurrency_and_nanosecond_delays_have_defined_meanings() {
+        let e = EffectiveLimits::from_limits(&SourceLimits {
+            delay: Duration::from_nanos(10),
+            concurrency: None,
+            retries: 0,
+            limit_key: "k".into(),
+        });
+        assert_eq!(e.concurrency, DEFAULT_CONCURRENCY);
+        assert_eq!(e.delay_us, 1, "10 ns rounds up to 1 µs, in effect no spacing");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_redis_falls_back_to_a_local_limit() {
+        // Port 1 on loopback refuses connections at once.
+        let l = Limiter::with_options("redis://127.0.0.1:1/0", "x", LimiterOptions::default()).expect("limiter");
+        let limits = SourceLimits { delay: Duration::from_millis(10), concurrency: Some(8), retries: 0, limit_key: "sc1".into() };
+        let a = l.acquire(&limits).await.expect("local permit");
+        assert!(!a.is_global());
+        assert!(l.in_fallback());
+        let started = Instant::now();
+        let b = l.acquire(&limits).await.expect("local permit");
+        // Delay × 4 (the default share) between local starts.
+        assert!(started.elapsed() >= Duration::from_millis(35), "local spacing was {:?}", started.elapsed());
+        // Concurrency 8 / 4 = 2 permits locally: a third waits.
+        assert!(tokio::time::timeout(Duration::from_millis(300), l.acquire(&limits)).await.is_err());
+        drop((a, b));
+    }
+}
