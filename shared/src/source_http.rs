@@ -675,6 +675,16 @@ impl SourceResponse {
         self.limiter_wait
     }
 
+    /// Time the final attempt's permit spent in Redis calls (acquire overhead).
+    pub fn limiter_redis_time(&self) -> Duration {
+        self.permit.redis_time()
+    }
+
+    /// Redis round trips of the final attempt's permit.
+    pub fn limiter_redis_calls(&self) -> u32 {
+        self.permit.redis_calls()
+    }
+
     /// Whether the permit was fleet-wide (false: Redis was unreachable).
     pub fn permit_is_global(&self) -> bool {
         self.permit.is_global()

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use aegis_shared::db;
+
+pub mod ratelimit_support;
 use sqlx::MySqlPool;
 
 /// The MariaDB server tests run against (`AEGIS_TEST_DATABASE_SERVER`, default loopback root).

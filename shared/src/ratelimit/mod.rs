@@ -339,12 +339,17 @@ impl Limiter {
         let asked = Instant::now();
         let deadline = asked + self.inner.options.max_wait;
         let keys = self.keys(&limits.limit_key);
+        let (mut redis_time, mut redis_calls) = (Duration::ZERO, 0u32);
         loop {
             if self.skip_redis() {
                 return Ok(self.local_permit(&limits, asked).await);
             }
             let lease_id = uuid::Uuid::new_v4().simple().to_string();
-            match self.try_grant(&keys, &limits, &lease_id).await {
+            let call = Instant::now();
+            let result = self.try_grant(&keys, &limits, &lease_id).await;
+            redis_time += call.elapsed();
+            redis_calls += 1;
+            match result {
                 Err(e) => {
                     self.mark_down(&limits.limit_key, &e);
                     return Ok(self.local_permit(&limits, asked).await);
@@ -359,13 +364,21 @@ impl Limiter {
                                 tokio::time::sleep(wait).await;
                                 // A pause set while this caller waited for its
                                 // reserved start also holds for it.
-                                if wait >= Duration::from_millis(2) && self.paused(&keys).await {
-                                    drop(permit);
-                                    continue;
+                                if wait >= Duration::from_millis(2) {
+                                    let call = Instant::now();
+                                    let paused = self.paused(&keys).await;
+                                    redis_time += call.elapsed();
+                                    redis_calls += 1;
+                                    if paused {
+                                        drop(permit);
+                                        continue;
+                                    }
                                 }
                             }
                             let mut permit = permit;
                             permit.waited = asked.elapsed();
+                            permit.redis_time = redis_time;
+                            permit.redis_calls = redis_calls;
                             observe_wait(&limits.limit_key, permit.waited);
                             return Ok(permit);
                         }
@@ -558,7 +571,7 @@ impl Limiter {
         let permit = local.acquire(delay, concurrency).await;
         let waited = asked.elapsed();
         observe_wait(&limits.limit_key, waited);
-        Permit { waited, global: false, inner: Some(PermitInner::Local(permit)) }
+        Permit { waited, redis_time: Duration::ZERO, redis_calls: 0, global: false, inner: Some(PermitInner::Local(permit)) }
     }
 
     fn global_permit(&self, keys: LimitKeys, limits: &EffectiveLimits, lease_id: String, start: Instant) -> Permit {
@@ -590,6 +603,8 @@ impl Limiter {
         });
         Permit {
             waited: Duration::ZERO,
+            redis_time: Duration::ZERO,
+            redis_calls: 0,
             global: true,
             inner: Some(PermitInner::Global { limiter: self.clone(), keys, limit_key: limits.limit_key.clone(), lease_id, cancel }),
         }
@@ -633,6 +648,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// been read or dropped; dropping it releases the concurrency slot.
 pub struct Permit {
     waited: Duration,
+    redis_time: Duration,
+    redis_calls: u32,
     global: bool,
     inner: Option<PermitInner>,
 }
@@ -652,6 +669,16 @@ impl Permit {
     /// Time from asking to the permitted start.
     pub fn waited(&self) -> Duration {
         self.waited
+    }
+
+    /// Time spent in Redis calls for this permit: the acquire overhead.
+    pub fn redis_time(&self) -> Duration {
+        self.redis_time
+    }
+
+    /// Redis round trips this permit took (1 when no wait was needed).
+    pub fn redis_calls(&self) -> u32 {
+        self.redis_calls
     }
 
     /// `true` for a fleet-wide permit, `false` for one of the local fallback.
