@@ -366,12 +366,23 @@ impl Limiter {
                                 // reserved start also holds for it.
                                 if wait >= Duration::from_millis(2) {
                                     let call = Instant::now();
-                                    let paused = self.paused(&keys).await;
+                                    let paused = self.paused(&keys, &limits.limit_key).await;
                                     redis_time += call.elapsed();
                                     redis_calls += 1;
-                                    if paused {
-                                        drop(permit);
-                                        continue;
+                                    match paused {
+                                        Ok(false) => {}
+                                        Ok(true) => {
+                                            drop(permit);
+                                            continue;
+                                        }
+                                        // Redis went away while this caller waited:
+                                        // its grant can no longer be trusted to be
+                                        // counted, so it joins the local limit.
+                                        Err(e) => {
+                                            drop(permit);
+                                            self.mark_down(&limits.limit_key, &e);
+                                            return Ok(self.local_permit(&limits, asked).await);
+                                        }
                                     }
                                 }
                             }
@@ -471,11 +482,24 @@ impl Limiter {
         Ok(())
     }
 
-    /// Whether `keys` is paused now (one `PTTL`; false when Redis fails).
-    async fn paused(&self, keys: &LimitKeys) -> bool {
-        let Ok(mut con) = self.connection().await else { return false };
-        let ttl = tokio::time::timeout(self.inner.options.redis_timeout, redis::cmd("PTTL").arg(&keys.pause).query_async::<i64>(&mut con)).await;
-        matches!(ttl, Ok(Ok(ms)) if ms > 0)
+    /// Whether `keys` is paused now (one `PTTL`).
+    async fn paused(&self, keys: &LimitKeys, limit_key: &str) -> Result<bool, LimitError> {
+        let result = async {
+            let mut con = self.connection().await?;
+            match tokio::time::timeout(self.inner.options.redis_timeout, redis::cmd("PTTL").arg(&keys.pause).query_async::<i64>(&mut con)).await {
+                Ok(r) => r,
+                Err(_) => Err(redis::RedisError::from((redis::ErrorKind::IoError, "timed out"))),
+            }
+        }
+        .await;
+        result.map(|ms| ms > 0).map_err(|source| self.redis_error(limit_key, source))
+    }
+
+    fn redis_error(&self, limit_key: &str, source: redis::RedisError) -> LimitError {
+        if let Some(m) = METRICS.as_ref() {
+            m.redis_errors.with_label_values(&[limit_key]).inc();
+        }
+        LimitError::Redis { url: self.inner.url.clone(), source }
     }
 
     async fn run<T: redis::FromRedisValue>(&self, limit_key: &str, inv: redis::ScriptInvocation<'_>) -> Result<T, LimitError> {
@@ -487,12 +511,7 @@ impl Limiter {
             }
         }
         .await;
-        result.map_err(|source| {
-            if let Some(m) = METRICS.as_ref() {
-                m.redis_errors.with_label_values(&[limit_key]).inc();
-            }
-            LimitError::Redis { url: self.inner.url.clone(), source }
-        })
+        result.map_err(|source| self.redis_error(limit_key, source))
     }
 
     async fn connection(&self) -> Result<ConnectionManager, redis::RedisError> {
