@@ -9,6 +9,10 @@ use aegis_tests::ratelimit_support::{insert_source, max_in_flight, spacing_viola
 use aegis_tests::{unique_name, TestDb};
 use serde_json::json;
 
+/// The tests of this file each run 9–12 processes; run in parallel on a
+/// 2-core machine they would measure CPU contention, not the limiter.
+static ONE_FLEET_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn redis_url() -> String {
     std::env::var("AEGIS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
 }
@@ -28,6 +32,7 @@ async fn run_fleet(args: &ProbeArgs, processes: usize) -> anyhow::Result<Vec<ser
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_processes_never_start_closer_than_delay_and_reach_the_limit_rate() -> anyhow::Result<()> {
+    let _one = ONE_FLEET_AT_A_TIME.lock().await;
     let db = TestDb::create().await?;
     let rec = Recorder::start().await?;
     let delay = Duration::from_millis(25);
@@ -67,6 +72,7 @@ async fn three_processes_never_start_closer_than_delay_and_reach_the_limit_rate(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_processes_never_hold_more_than_concurrency_in_flight() -> anyhow::Result<()> {
+    let _one = ONE_FLEET_AT_A_TIME.lock().await;
     let db = TestDb::create().await?;
     let rec = Recorder::start().await?;
     let id = insert_source(&db.pool, &rec.base_url(), json!({"Username": "u", "Password": "p", "Delay": 0, "Concurrency": 2})).await?;

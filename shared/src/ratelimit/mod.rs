@@ -46,6 +46,10 @@ use local::{LocalLimiter, LocalPermit};
 /// original refused to start; we run, safely, and warn once per limit key.
 pub const DEFAULT_CONCURRENCY: u32 = 1;
 
+/// A caller waiting for a reserved start checks the pause key this long
+/// before the start; a pause set later than that does not stop its request.
+const PAUSE_CHECK_LEAD: Duration = Duration::from_millis(5);
+
 /// The environment variable naming how many processes the local fallback
 /// assumes share a limit.
 pub const FALLBACK_SHARE_VAR: &str = "AEGIS_RATELIMIT_FALLBACK_SHARE";
@@ -359,33 +363,35 @@ impl Limiter {
                     set_fallback_gauge(&limits.limit_key, false);
                     match grant {
                         Grant::Granted { wait } => {
-                            let permit = self.global_permit(keys.clone(), &limits, lease_id, Instant::now() + wait);
-                            if !wait.is_zero() {
-                                tokio::time::sleep(wait).await;
-                                // A pause set while this caller waited for its
-                                // reserved start also holds for it.
-                                if wait >= Duration::from_millis(2) {
-                                    let call = Instant::now();
-                                    let paused = self.paused(&keys, &limits.limit_key).await;
-                                    redis_time += call.elapsed();
-                                    redis_calls += 1;
-                                    match paused {
-                                        Ok(false) => {}
-                                        Ok(true) => {
-                                            drop(permit);
-                                            continue;
-                                        }
-                                        // Redis went away while this caller waited:
-                                        // its grant can no longer be trusted to be
-                                        // counted, so it joins the local limit.
-                                        Err(e) => {
-                                            drop(permit);
-                                            self.mark_down(&limits.limit_key, &e);
-                                            return Ok(self.local_permit(&limits, asked).await);
-                                        }
+                            let start = Instant::now() + wait;
+                            let permit = self.global_permit(keys.clone(), &limits, lease_id, start);
+                            // A pause set while this caller waited for its reserved
+                            // start also holds for it. The check runs shortly before
+                            // the start, so its round trip does not delay the start
+                            // (that delay would be jitter against the spacing).
+                            if wait > PAUSE_CHECK_LEAD {
+                                tokio::time::sleep_until(start - PAUSE_CHECK_LEAD).await;
+                                let call = Instant::now();
+                                let paused = self.paused(&keys, &limits.limit_key).await;
+                                redis_time += call.elapsed();
+                                redis_calls += 1;
+                                match paused {
+                                    Ok(false) => {}
+                                    Ok(true) => {
+                                        drop(permit);
+                                        continue;
+                                    }
+                                    // Redis went away while this caller waited: its
+                                    // grant can no longer be trusted to be counted,
+                                    // so it joins the local limit.
+                                    Err(e) => {
+                                        drop(permit);
+                                        self.mark_down(&limits.limit_key, &e);
+                                        return Ok(self.local_permit(&limits, asked).await);
                                     }
                                 }
                             }
+                            tokio::time::sleep_until(start).await;
                             let mut permit = permit;
                             permit.waited = asked.elapsed();
                             permit.redis_time = redis_time;

@@ -41,6 +41,12 @@ async fn main() -> anyhow::Result<()> {
         .filter_map(|c| Some((c.first()?.trim_start_matches("--").to_string(), c.get(1)?.clone())))
         .collect();
     let name = arg(&args, "name")?.to_string();
+    // Warnings (fallback to the local limit, lost leases) go to stderr.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")))
+        .init();
     let tasks: u32 = arg(&args, "tasks")?.parse().context("--tasks")?;
     let duration = Duration::from_millis(arg(&args, "duration-ms")?.parse().context("--duration-ms")?);
     let full_path = arg(&args, "path")?.to_string();
