@@ -400,6 +400,7 @@ impl SourceClient {
             let in_flight = InFlight::start(id);
 
             let sent = Instant::now();
+            let sent_at = SystemTime::now();
             let result = self.request(&spec, url.clone()).send().await;
             if let Some(m) = METRICS.as_ref() {
                 m.duration.with_label_values(&[id]).observe(sent.elapsed().as_secs_f64());
@@ -448,6 +449,7 @@ impl SourceClient {
                         _in_flight: in_flight,
                         attempts: attempt,
                         limiter_wait: waited,
+                        sent_at,
                         source_config: inner.source_config_id.clone(),
                         method: spec.method.clone(),
                         path: spec.path_template.clone(),
@@ -639,6 +641,7 @@ pub struct SourceResponse {
     _in_flight: InFlight,
     attempts: u32,
     limiter_wait: Duration,
+    sent_at: SystemTime,
     source_config: String,
     method: Method,
     path: String,
@@ -668,6 +671,11 @@ impl SourceResponse {
     /// Attempts made, 1 when the first one was final.
     pub fn attempts(&self) -> u32 {
         self.attempts
+    }
+
+    /// When the final attempt was handed to the HTTP connection (wall clock).
+    pub fn sent_at(&self) -> SystemTime {
+        self.sent_at
     }
 
     /// Total time the attempts waited for rate-limit permits.

@@ -28,6 +28,8 @@ pub struct Hit {
     pub path: String,
     /// The `x-probe-id` header: which process sent it.
     pub probe: String,
+    /// The `x-request-seq` header: the request's number within its process.
+    pub seq: u64,
     pub status: u16,
     pub authorization: Option<String>,
     pub body: Vec<u8>,
@@ -128,6 +130,7 @@ async fn handle(State(s): State<Arc<Shared>>, uri: Uri, Query(p): Query<Params>,
             in_flight,
             path: uri.path().to_string(),
             probe: headers.get("x-probe-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string(),
+            seq: headers.get("x-request-seq").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0),
             status: 200,
             authorization: headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string),
             body: body.to_vec(),
@@ -329,4 +332,38 @@ impl ThrowawayRedis {
         }
         Ok(())
     }
+}
+
+/// For each pair of `hits` starting closer than `min_gap` at the server, the
+/// same pair's gap when the probes handed them to their connections (from the
+/// probes' `sent_at_us`), to tell the limiter's spacing from delivery jitter.
+pub fn client_gaps(pairs: &[(Duration, Duration)], hits: &[Hit], summaries: &[serde_json::Value]) -> Vec<String> {
+    let sent = |probe: &str, seq: u64| -> Option<i128> {
+        let s = summaries.iter().find(|s| s["name"] == probe)?;
+        s["sent_at_us"].as_array()?.iter().find(|e| e[0].as_u64() == Some(seq)).and_then(|e| e[1].as_i64()).map(i128::from)
+    };
+    pairs
+        .iter()
+        .filter_map(|(a, b)| {
+            let ha = hits.iter().find(|h| h.start == *a)?;
+            let hb = hits.iter().find(|h| h.start == *b)?;
+            let client = match (sent(&ha.probe, ha.seq), sent(&hb.probe, hb.seq)) {
+                (Some(x), Some(y)) => format!("{:.1} ms", (y - x) as f64 / 1000.0),
+                _ => "?".into(),
+            };
+            Some(format!("server gap {:.1} ms ({}→{}), client gap {client}", (*b - *a).as_secs_f64() * 1000.0, ha.probe, hb.probe))
+        })
+        .collect()
+}
+
+/// Every request's hand-off time (wall clock, µs) as the probes reported it, sorted.
+pub fn client_sends(summaries: &[serde_json::Value]) -> Vec<i128> {
+    let mut all: Vec<i128> = summaries
+        .iter()
+        .filter_map(|s| s["sent_at_us"].as_array())
+        .flatten()
+        .filter_map(|e| e[1].as_i64().map(i128::from))
+        .collect();
+    all.sort_unstable();
+    all
 }

@@ -50,6 +50,12 @@ pub const DEFAULT_CONCURRENCY: u32 = 1;
 /// before the start; a pause set later than that does not stop its request.
 const PAUSE_CHECK_LEAD: Duration = Duration::from_millis(5);
 
+/// A reserved start missed by more than this (the process was not scheduled
+/// in time) is given up and a new one taken, at most [`MAX_MISSED_STARTS`]
+/// times per request: late starts would land closer than Delay to the next.
+const MAX_LATENESS: Duration = Duration::from_millis(2);
+const MAX_MISSED_STARTS: u32 = 3;
+
 /// The environment variable naming how many processes the local fallback
 /// assumes share a limit.
 pub const FALLBACK_SHARE_VAR: &str = "AEGIS_RATELIMIT_FALLBACK_SHARE";
@@ -208,6 +214,7 @@ struct Metrics {
     redis_errors: IntCounterVec,
     pauses: IntCounterVec,
     leases_lost: IntCounterVec,
+    missed_starts: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(metric: T) -> T {
@@ -240,6 +247,13 @@ static METRICS: LazyLock<Option<Metrics>> = LazyLock::new(|| {
         pauses: register(
             IntCounterVec::new(Opts::new("aegis_ratelimit_pauses_total", "Fleet-wide pauses set from vendor rate-limit signals"), label)
                 .ok()?,
+        ),
+        missed_starts: register(
+            IntCounterVec::new(
+                Opts::new("aegis_ratelimit_missed_starts_total", "Reserved starts given up because this process woke too late for them"),
+                label,
+            )
+            .ok()?,
         ),
         leases_lost: register(
             IntCounterVec::new(
@@ -276,6 +290,7 @@ struct Inner {
     options: LimiterOptions,
     connection: tokio::sync::Mutex<Option<ConnectionManager>>,
     health: Mutex<Health>,
+    clock: Mutex<RedisClock>,
     locals: Mutex<HashMap<String, Arc<LocalLimiter>>>,
     warned_default: Mutex<HashSet<String>>,
 }
@@ -284,6 +299,58 @@ struct Inner {
 struct Health {
     down_since: Option<Instant>,
     last_try: Option<Instant>,
+}
+
+/// Maps start times on Redis's clock onto this process's clock.
+///
+/// A granted start is `wait` after the script ran. Counting `wait` from when
+/// the reply arrived would add the reply's own delay, which varies from call to
+/// call (scheduling on a busy machine), and that variation would show up as
+/// starts closer than `Delay`. Instead, like NTP, the offset between the clocks
+/// is estimated as the smallest (arrival − Redis time) seen in the last 5–10 s,
+/// and a start goes out at `Redis start + offset`. The correction never moves
+/// a start later than the naive estimate, nor more than [`MAX_CLOCK_CORRECTION`]
+/// earlier, so a jump of Redis's wall clock cannot cause early starts beyond that.
+struct RedisClock {
+    base: Instant,
+    best: Option<i128>,
+    previous_best: Option<i128>,
+    window_start: Instant,
+}
+
+const MAX_CLOCK_CORRECTION: Duration = Duration::from_millis(5);
+const CLOCK_WINDOW: Duration = Duration::from_secs(5);
+
+impl RedisClock {
+    fn new() -> Self {
+        let now = Instant::now();
+        RedisClock { base: now, best: None, previous_best: None, window_start: now }
+    }
+
+    /// Records one reply and returns the local instant of the start `wait`
+    /// after `redis_now_us`.
+    fn start(&mut self, received: Instant, redis_now_us: u64, wait: Duration) -> Instant {
+        let naive = received + wait;
+        if redis_now_us == 0 {
+            return naive;
+        }
+        if received - self.window_start > CLOCK_WINDOW {
+            self.previous_best = self.best.take();
+            self.window_start = received;
+        }
+        let local_us = i128::try_from((received - self.base).as_micros()).unwrap_or(i128::MAX);
+        let sample = local_us - i128::from(redis_now_us);
+        self.best = Some(self.best.map_or(sample, |b| b.min(sample)));
+        let offset = match (self.best, self.previous_best) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) => a,
+            _ => sample,
+        };
+        // How much later than the best-known delay this reply arrived.
+        let late_us = u64::try_from(sample - offset).unwrap_or(0);
+        let correction = Duration::from_micros(late_us).min(MAX_CLOCK_CORRECTION);
+        naive.checked_sub(correction).unwrap_or(naive)
+    }
 }
 
 impl Limiter {
@@ -309,6 +376,7 @@ impl Limiter {
                 options,
                 connection: tokio::sync::Mutex::new(None),
                 health: Mutex::new(Health { down_since: None, last_try: None }),
+                clock: Mutex::new(RedisClock::new()),
                 locals: Mutex::new(HashMap::new()),
                 warned_default: Mutex::new(HashSet::new()),
             }),
@@ -343,14 +411,14 @@ impl Limiter {
         let asked = Instant::now();
         let deadline = asked + self.inner.options.max_wait;
         let keys = self.keys(&limits.limit_key);
-        let (mut redis_time, mut redis_calls) = (Duration::ZERO, 0u32);
+        let (mut redis_time, mut redis_calls, mut missed) = (Duration::ZERO, 0u32, 0u32);
         loop {
             if self.skip_redis() {
                 return Ok(self.local_permit(&limits, asked).await);
             }
             let lease_id = uuid::Uuid::new_v4().simple().to_string();
             let call = Instant::now();
-            let result = self.try_grant(&keys, &limits, &lease_id).await;
+            let result = self.grant_timed(&keys, &limits, &lease_id).await;
             redis_time += call.elapsed();
             redis_calls += 1;
             match result {
@@ -358,18 +426,17 @@ impl Limiter {
                     self.mark_down(&limits.limit_key, &e);
                     return Ok(self.local_permit(&limits, asked).await);
                 }
-                Ok(grant) => {
+                Ok((grant, start)) => {
                     self.mark_up();
                     set_fallback_gauge(&limits.limit_key, false);
                     match grant {
                         Grant::Granted { wait } => {
-                            let start = Instant::now() + wait;
                             let permit = self.global_permit(keys.clone(), &limits, lease_id, start);
                             // A pause set while this caller waited for its reserved
                             // start also holds for it. The check runs shortly before
                             // the start, so its round trip does not delay the start
                             // (that delay would be jitter against the spacing).
-                            if wait > PAUSE_CHECK_LEAD {
+                            if wait > PAUSE_CHECK_LEAD && start > Instant::now() + PAUSE_CHECK_LEAD {
                                 tokio::time::sleep_until(start - PAUSE_CHECK_LEAD).await;
                                 let call = Instant::now();
                                 let paused = self.paused(&keys, &limits.limit_key).await;
@@ -392,6 +459,17 @@ impl Limiter {
                                 }
                             }
                             tokio::time::sleep_until(start).await;
+                            // A caller that wakes (or got its reply) much later than
+                            // its reserved start would go out too close to the next
+                            // caller's start: it gives the slot up and takes a new one.
+                            if Instant::now().saturating_duration_since(start) > MAX_LATENESS && missed < MAX_MISSED_STARTS {
+                                missed += 1;
+                                if let Some(m) = METRICS.as_ref() {
+                                    m.missed_starts.with_label_values(&[&limits.limit_key]).inc();
+                                }
+                                drop(permit);
+                                continue;
+                            }
                             let mut permit = permit;
                             permit.waited = asked.elapsed();
                             permit.redis_time = redis_time;
@@ -427,6 +505,11 @@ impl Limiter {
     /// [`Limiter::acquire`], public for tests of the script's edge cases. A
     /// granted lease is `lease_id`; release it with [`Limiter::release_lease`].
     pub async fn try_grant(&self, keys: &LimitKeys, limits: &EffectiveLimits, lease_id: &str) -> Result<Grant, LimitError> {
+        Ok(self.grant_timed(keys, limits, lease_id).await?.0)
+    }
+
+    /// [`Limiter::try_grant`], plus the local instant a granted start maps to.
+    async fn grant_timed(&self, keys: &LimitKeys, limits: &EffectiveLimits, lease_id: &str) -> Result<(Grant, Instant), LimitError> {
         let ttl_ms = duration_ms(self.inner.options.lease_ttl).max(1);
         let ahead_us = u64::try_from(self.inner.options.max_ahead.as_micros()).unwrap_or(u64::MAX);
         let mut inv = SCRIPT.prepare_invoke();
@@ -439,14 +522,18 @@ impl Limiter {
             .arg(ttl_ms)
             .arg(lease_id)
             .arg(ahead_us);
-        let reply: (i64, i64, i64) = self.run(&limits.limit_key, inv).await?;
+        let reply: (i64, i64, i64, i64) = self.run(&limits.limit_key, inv).await?;
+        let received = Instant::now();
         let micros = Duration::from_micros(u64::try_from(reply.1).unwrap_or(0));
-        Ok(match reply {
-            (1, _, _) => Grant::Granted { wait: micros },
-            (_, _, 1) => Grant::Denied { retry_after: micros, reason: DenyReason::Paused },
-            (_, _, 3) => Grant::Denied { retry_after: micros, reason: DenyReason::QueueTooLong },
+        let grant = match reply {
+            (1, _, _, _) => Grant::Granted { wait: micros },
+            (_, _, 1, _) => Grant::Denied { retry_after: micros, reason: DenyReason::Paused },
+            (_, _, 3, _) => Grant::Denied { retry_after: micros, reason: DenyReason::QueueTooLong },
             _ => Grant::Denied { retry_after: micros, reason: DenyReason::ConcurrencyFull },
-        })
+        };
+        let redis_now = u64::try_from(reply.3).unwrap_or(0);
+        let start = lock(&self.inner.clock).start(received, redis_now, micros);
+        Ok((grant, start))
     }
 
     /// Removes a lease; `true` if it was still held. Idempotent.

@@ -7,10 +7,11 @@
 --
 -- ARGV[1] is the operation:
 --   acquire delay_us concurrency lease_ms lease_id max_ahead_us
---     -> {1, wait_us, 0}          granted: start in wait_us (0 = now); the lease
---                                 is held from now until start + lease_ms
---     -> {0, retry_after_us, why} denied; why: 1 paused, 2 concurrency full,
---                                 3 the spacing queue is more than max_ahead_us long
+--     -> {1, wait_us, 0, now_us}          granted: start in wait_us (0 = now); the
+--                                         lease is held from now until start + lease_ms
+--     -> {0, retry_after_us, why, now_us} denied; why: 1 paused, 2 concurrency
+--                                         full, 3 the queue is over max_ahead_us long
+--     (now_us, Redis's clock, lets callers map the start onto their own clock)
 --   release lease_id             -> number of leases removed (0 or 1)
 --   extend lease_id lease_ms     -> 1 if extended, 0 if the lease was already gone
 --   pause duration_us            -> the pause end, µs since the epoch
@@ -39,14 +40,14 @@ if op == 'acquire' then
 
   local pause = tonumber(redis.call('GET', KEYS[3]) or '0')
   if pause > now_us then
-    return {0, pause - now_us, 1}
+    return {0, pause - now_us, 1, now_us}
   end
 
   local held = redis.call('ZCARD', KEYS[2])
   if held >= concurrency then
     local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
     local until_expiry_us = (tonumber(first[2]) - now_ms) * 1000
-    return {0, math.max(until_expiry_us, 1000), 2}
+    return {0, math.max(until_expiry_us, 1000), 2, now_us}
   end
 
   -- GCRA with τ = 0: the start is the later of now and the reserved next slot,
@@ -59,7 +60,7 @@ if op == 'acquire' then
       start_us = tat
     end
     if start_us - now_us > max_ahead_us then
-      return {0, start_us - now_us - max_ahead_us, 3}
+      return {0, start_us - now_us - max_ahead_us, 3, now_us}
     end
     local next_us = start_us + delay_us
     redis.call('SET', KEYS[1], string.format('%d', next_us), 'PXAT', math.floor(next_us / 1000) + 1000)
@@ -68,7 +69,7 @@ if op == 'acquire' then
   local start_ms = math.floor(start_us / 1000)
   redis.call('ZADD', KEYS[2], start_ms + lease_ms, lease_id)
   expire_leases()
-  return {1, start_us - now_us, 0}
+  return {1, start_us - now_us, 0, now_us}
 elseif op == 'release' then
   local removed = redis.call('ZREM', KEYS[2], ARGV[2])
   return removed

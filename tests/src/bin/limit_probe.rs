@@ -25,6 +25,8 @@ struct Totals {
     errors: u64,
     local: u64,
     waits: Vec<Duration>,
+    /// (request number, wall-clock µs when handed to the connection).
+    sent_at: Vec<(u64, u128)>,
     redis: Vec<Duration>,
     max_calls: u32,
 }
@@ -94,14 +96,19 @@ async fn main() -> anyhow::Result<()> {
     let totals = Arc::new(Mutex::new(Totals::default()));
     let deadline = Instant::now() + duration;
     let mut handles = Vec::new();
+    let seq = Arc::new(std::sync::atomic::AtomicU64::new(0));
     for _ in 0..tasks {
         let client = client.clone();
         let totals = Arc::clone(&totals);
         let mut spec = RequestSpec::get("/probe", path.clone()).header(HeaderName::from_static("x-probe-id"), probe_id.clone());
         spec.query = query.clone();
+        let seq = Arc::clone(&seq);
         handles.push(tokio::spawn(async move {
             while Instant::now() < deadline {
-                let result = client.send(spec.clone()).await;
+                let n = seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut spec = spec.clone();
+                spec.headers.insert(HeaderName::from_static("x-request-seq"), HeaderValue::from(n));
+                let result = client.send(spec).await;
                 let lock = || totals.lock().unwrap_or_else(|p| p.into_inner());
                 match result {
                     Ok(r) => {
@@ -109,6 +116,8 @@ async fn main() -> anyhow::Result<()> {
                             let mut t = lock();
                             t.sent += 1;
                             t.waits.push(r.limiter_wait());
+                            let at = r.sent_at().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0);
+                            t.sent_at.push((n, at));
                             if r.permit_is_global() {
                                 t.redis.push(r.limiter_redis_time());
                                 t.max_calls = t.max_calls.max(r.limiter_redis_calls());
@@ -148,6 +157,7 @@ async fn main() -> anyhow::Result<()> {
         "limiter_wait": Summary::of(&t.waits),
         "acquire_redis_time": Summary::of(&t.redis),
         "max_redis_calls": t.max_calls,
+        "sent_at_us": t.sent_at,
     });
     println!("{summary}");
     Ok(())
