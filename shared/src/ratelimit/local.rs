@@ -22,12 +22,15 @@ pub(crate) struct LocalLimiter {
 struct State {
     in_flight: u32,
     next_start: Instant,
+    /// When the last permit actually started; a late waker must not start
+    /// closer than `delay` to it.
+    last_start: Option<Instant>,
 }
 
 impl LocalLimiter {
     pub(crate) fn new() -> Self {
         LocalLimiter {
-            state: Mutex::new(State { in_flight: 0, next_start: Instant::now() }),
+            state: Mutex::new(State { in_flight: 0, next_start: Instant::now(), last_start: None }),
             released: Notify::new(),
         }
     }
@@ -56,7 +59,26 @@ impl LocalLimiter {
                 Some(start) => {
                     let permit = LocalPermit { limiter: Arc::clone(self) };
                     tokio::time::sleep_until(start).await;
-                    return permit;
+                    // Spacing holds between actual starts, also when the
+                    // previous permit's holder woke late.
+                    loop {
+                        let earliest = {
+                            let mut s = self.lock();
+                            let now = Instant::now();
+                            match s.last_start.map(|t| t + delay) {
+                                Some(earliest) if earliest > now => Some(earliest),
+                                _ => {
+                                    s.last_start = Some(now);
+                                    s.next_start = s.next_start.max(now + delay);
+                                    None
+                                }
+                            }
+                        };
+                        match earliest {
+                            Some(t) => tokio::time::sleep_until(t).await,
+                            None => return permit,
+                        }
+                    }
                 }
                 None => {
                     // A bounded wait also covers a lowered limit, which sends no notification.

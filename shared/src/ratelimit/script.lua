@@ -6,7 +6,7 @@
 -- All three share one hash tag, so the script also runs on Redis Cluster.
 --
 -- ARGV[1] is the operation:
---   acquire delay_us concurrency lease_ms lease_id max_ahead_us
+--   acquire delay_us concurrency lease_ms lease_id max_ahead_us lead_us
 --     -> {1, wait_us, 0, now_us}          granted: start in wait_us (0 = now); the
 --                                         lease is held from now until start + lease_ms
 --     -> {0, retry_after_us, why, now_us} denied; why: 1 paused, 2 concurrency
@@ -34,6 +34,7 @@ if op == 'acquire' then
   local lease_ms = tonumber(ARGV[4])
   local lease_id = ARGV[5]
   local max_ahead_us = tonumber(ARGV[6])
+  local lead_us = tonumber(ARGV[7])
 
   -- A crashed holder's lease is reclaimed here, by expiry.
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms)
@@ -53,8 +54,11 @@ if op == 'acquire' then
   -- GCRA with τ = 0: the start is the later of now and the reserved next slot,
   -- and the next slot moves to start + delay. Reserving slots ahead lets
   -- callers queue instead of polling, so the limit is reached, never exceeded.
+  -- With spacing, a start is at least lead_us ahead, so the reply's own
+  -- travel time does not make the request late for its slot.
   local start_us = now_us
   if delay_us > 0 then
+    start_us = now_us + lead_us
     local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
     if tat > start_us then
       start_us = tat
