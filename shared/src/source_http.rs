@@ -719,7 +719,11 @@ impl SourceResponse {
     pub async fn bytes(self) -> Result<Bytes, SourceHttpError> {
         let SourceResponse { response, permit, _in_flight, source_config, method, path, .. } = self;
         let body = response.bytes().await;
-        drop(permit);
+        // Released here rather than in the background on drop, so a process
+        // that ends right after its last request leaves no lease behind.
+        if let Err(e) = permit.release().await {
+            tracing::debug!(error = %e, "could not release a lease; it expires by itself");
+        }
         body.map_err(|e| {
             count_error(&source_config, "body");
             SourceHttpError::Body { source_config, method, path, source: e.without_url() }

@@ -58,7 +58,7 @@ const START_LEAD: Duration = Duration::from_millis(2);
 /// in time) is given up and a new one taken, at most [`MAX_MISSED_STARTS`]
 /// times per request: late starts would land closer than Delay to the next.
 const MAX_LATENESS: Duration = Duration::from_millis(2);
-const MAX_MISSED_STARTS: u32 = 3;
+const MAX_MISSED_STARTS: u32 = 1;
 
 /// The environment variable naming how many processes the local fallback
 /// assumes share a limit.
@@ -124,7 +124,7 @@ impl Default for LimiterOptions {
             fallback_share: 4,
             redis_timeout: Duration::from_millis(500),
             redis_retry_interval: Duration::from_secs(1),
-            concurrency_poll: Duration::from_millis(5),
+            concurrency_poll: Duration::from_millis(10),
         }
     }
 }
@@ -427,6 +427,13 @@ impl Limiter {
             redis_calls += 1;
             match result {
                 Err(e) => {
+                    // A call that timed out may still have been run by Redis:
+                    // remove its lease if it exists, or it would hold a slot
+                    // until it expires.
+                    let (limiter, keys, key) = (self.clone(), keys.clone(), limits.limit_key.clone());
+                    tokio::spawn(async move {
+                        let _ = limiter.release_lease(&keys, &key, &lease_id).await;
+                    });
                     self.mark_down(&limits.limit_key, &e);
                     return Ok(self.local_permit(&limits, asked).await);
                 }

@@ -64,6 +64,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let ping = aegis_shared::source_http::Summary::of(&pings);
 
+    let only: Option<usize> = std::env::var("BENCH_CELL").ok().and_then(|s| s.parse().ok());
     let grid = [
         Cell { delay: Duration::from_millis(20), concurrency: 4, service: Duration::from_millis(2) },
         Cell { delay: Duration::from_millis(5), concurrency: 8, service: Duration::from_millis(2) },
@@ -74,7 +75,10 @@ async fn main() -> anyhow::Result<()> {
     println!("Redis PING round trip: p50 {:.3} ms, p99 {:.3} ms\n", ping.p50_ms, ping.p99_ms);
     println!("| Delay | Concurrency | Processes × tasks | Limit (req/s) | Achieved (req/s) | % of limit | Spacing violations | Max in flight | Acquire overhead p50 / p99 (ms) | Redis calls per acquire (max) | Per-process limiter would allow (req/s) |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    for cell in &grid {
+    for (index, cell) in grid.iter().enumerate() {
+        if only.is_some_and(|o| o != index) {
+            continue;
+        }
         for processes in [1usize, 3, 6] {
             let rec = Recorder::start().await?;
             let args = ProbeArgs {
