@@ -365,7 +365,7 @@ mod tests {
         let sealed = old.seal("sc", "Password", "p");
         let old_entry_text = Keyring::generate_entry("new");
         // Build "new,old" by re-using the old key material: parse the old ring's entry back.
-        let new_ring_text = format!("{old_entry_text}");
+        let new_ring_text = old_entry_text.to_string();
         let new_only = Keyring::parse(&new_ring_text).expect("parse");
         assert!(matches!(
             new_only.open("sc", "Password", &sealed),

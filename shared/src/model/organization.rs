@@ -254,8 +254,7 @@ mod tests {
 
     #[test]
     fn bad_payloads_name_the_key_at_fault() {
-        let mut p = OrgPayload::default();
-        p.cvss_version = 4;
+        let p = OrgPayload { cvss_version: 4, ..Default::default() };
         assert!(p.validate().expect_err("bad").to_string().contains("cvss_version"));
         let mut p = OrgPayload::default();
         p.severities[1].cvss_min = 3.0;
