@@ -4,7 +4,7 @@
 //! limit, spacing and in-flight violations, the acquire overhead, and what a
 //! per-process limiter like the original's would have allowed (N × the limit).
 //!
-//! Reproduce (Redis on loopback; about 1 minute):
+//! Reproduce (Redis on loopback; about 70 seconds):
 //!
 //! ```text
 //! export CARGO_TARGET_DIR=/work/cache/target-limit
@@ -12,7 +12,7 @@
 //! ```
 //!
 //! `AEGIS_TEST_REDIS_URL` overrides the Redis URL; `BENCH_SECONDS` the length
-//! of each cell (default 3).
+//! of each cell (default 5).
 
 use std::time::{Duration, Instant};
 
@@ -55,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
     let seconds: u64 = std::env::var("BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+        .unwrap_or(5);
     let probe = binary("limit_probe");
     anyhow::ensure!(
         probe.exists(),
@@ -104,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
         "Redis PING round trip: p50 {:.3} ms, p99 {:.3} ms\n",
         ping.p50_ms, ping.p99_ms
     );
-    println!("| Delay | Concurrency | Processes × tasks | Limit (req/s) | Achieved (req/s) | % of limit | Spacing violations | Max in flight | Acquire overhead p50 / p99 (ms) | Redis calls per acquire (max) | Per-process limiter would allow (req/s) |");
+    println!("| Delay | Concurrency | Processes × tasks | Limit (req/s) | Achieved (req/s) | % of limit | Spacing violations | Max in flight | Time in Redis per acquire p50 / p99 (ms) | Redis calls per acquire (max) | Per-process limiter would allow (req/s) |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (index, cell) in grid.iter().enumerate() {
         if only.is_some_and(|o| o != index) {
