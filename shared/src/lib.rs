@@ -10,8 +10,10 @@ pub mod db;
 pub mod logging;
 pub mod metrics;
 pub mod model;
+pub mod ratelimit;
 pub mod secrets;
 pub mod services;
+pub mod source_http;
 pub mod startup;
 
 pub use config::Settings;

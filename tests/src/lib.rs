@@ -10,6 +10,8 @@ pub mod fleet;
 pub mod otlp;
 
 use aegis_shared::db;
+
+pub mod ratelimit_support;
 use sqlx::MySqlPool;
 
 /// The MariaDB server tests run against (`AEGIS_TEST_DATABASE_SERVER`, default loopback root).
