@@ -24,6 +24,8 @@ use aegis_shared::broker::{self, JobMessage, Topology};
 use aegis_shared::metrics::{self, Readiness};
 use aegis_shared::model::job::JOB_NAMES;
 use aegis_shared::model::job_history;
+use aegis_shared::ratelimit::settings::LimitsCache;
+use aegis_shared::ratelimit::Limiter;
 use aegis_shared::startup::{self, Started};
 use aegis_shared::{job_span, services, Settings};
 use anyhow::Context;
@@ -60,6 +62,7 @@ struct Shared {
     topology: Topology,
     registry: Arc<Registry>,
     running: RunningJobs,
+    vendors: runner::VendorAccess,
 }
 
 async fn run() -> anyhow::Result<()> {
@@ -107,6 +110,10 @@ async fn run() -> anyhow::Result<()> {
         pool: pool.clone(),
         registry: Arc::new(Registry::standard()),
         running: RunningJobs::default(),
+        vendors: runner::VendorAccess {
+            limiter: Limiter::new(&settings).context("setting up the rate limiter (AEGIS_REDIS_URL)")?,
+            limits: LimitsCache::new(pool.clone()),
+        },
     });
     tracing::info!(
         "Job Runner: worker {} started; concurrency {}, jobs: {}",
@@ -306,6 +313,7 @@ async fn handle_delivery(
             runner::run_claimed(
                 shared.pool.clone(),
                 shared.settings.clone(),
+                shared.vendors.clone(),
                 shared.registry.clone(),
                 shared.running.clone(),
                 claim,

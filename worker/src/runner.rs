@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use aegis_shared::model::job_history::{self, Claim, Finished, Outcome};
 use aegis_shared::model::{job_config, organization, source_config, ModelError};
+use aegis_shared::ratelimit::settings::LimitsCache;
+use aegis_shared::ratelimit::Limiter;
 use aegis_shared::Settings;
 use sqlx::MySqlPool;
 use tokio_util::sync::CancellationToken;
@@ -166,6 +168,7 @@ pub async fn heartbeat(
 async fn load_context(
     pool: &MySqlPool,
     settings: &Arc<Settings>,
+    vendors: &VendorAccess,
     claim: &Claim,
     needs_sources: bool,
     cancel: CancellationToken,
@@ -222,7 +225,16 @@ async fn load_context(
         worker_id: claim.worker_id.clone(),
         attempt: claim.attempt,
         cancel,
+        limiter: vendors.limiter.clone(),
+        limits: vendors.limits.clone(),
     })
+}
+
+/// What every job needs to talk to vendors: one limiter and one limits cache per worker.
+#[derive(Clone)]
+pub struct VendorAccess {
+    pub limiter: Limiter,
+    pub limits: LimitsCache,
 }
 
 /// Turns a panic payload into text.
@@ -237,9 +249,11 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Runs a claimed row to its end and records the result.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_claimed(
     pool: MySqlPool,
     settings: Arc<Settings>,
+    vendors: VendorAccess,
     registry: Arc<Registry>,
     running: RunningJobs,
     claim: Claim,
@@ -259,7 +273,7 @@ pub async fn run_claimed(
                 registry.names().join(", ")
             ));
         };
-        let ctx = match load_context(&pool, &settings, &claim, job.needs_sources(), cancel.clone()).await {
+        let ctx = match load_context(&pool, &settings, &vendors, &claim, job.needs_sources(), cancel.clone()).await {
             Ok(ctx) => ctx,
             Err(e) => return Outcome::Failed(e.to_string()),
         };

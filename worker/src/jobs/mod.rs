@@ -17,6 +17,9 @@ use aegis_shared::model::job_history::JobHistory;
 use aegis_shared::model::organization::Organization;
 use aegis_shared::model::source_config::SourceConfig;
 use aegis_shared::model::ModelError;
+use aegis_shared::ratelimit::settings::LimitsCache;
+use aegis_shared::ratelimit::Limiter;
+use aegis_shared::source_http::SourceClient;
 use aegis_shared::Settings;
 use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
@@ -57,6 +60,9 @@ pub struct JobContext {
     /// The claim's attempt number (1 for the first run of this row).
     pub attempt: i32,
     pub cancel: CancellationToken,
+    /// The fleet-wide rate limiter and the SQL-backed limits every vendor client uses.
+    pub limiter: Limiter,
+    pub limits: LimitsCache,
 }
 
 impl JobContext {
@@ -73,6 +79,12 @@ impl JobContext {
             job: self.history.job_name.clone(),
             reason: e.to_string(),
         })
+    }
+
+    /// The rate-limited HTTP client of one of this job's source configs.
+    pub fn client(&self, sc: &SourceConfig) -> Result<SourceClient, JobError> {
+        SourceClient::new(sc, self.settings.keyring.as_ref(), self.limiter.clone(), self.limits.clone())
+            .map_err(|e| JobError::Config(e.to_string()))
     }
 
     /// Waits `duration`, or returns `Err(Cancelled)` as soon as the job is cancelled.
