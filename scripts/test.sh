@@ -5,8 +5,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
 # The Helm chart: rendered with the real Helm SDK and validated (Python, in a venv).
-scripts/test-helm.sh -q
+scripts/test-helm.sh -q 2>&1 | tee "$log" || status=$?
 # The integration tests start the real binaries: build them first.
 cargo build --workspace --bins --tests --quiet
-cargo test --workspace --no-fail-fast -- --test-threads="${AEGIS_TEST_THREADS:-2}"
+cargo test --workspace --no-fail-fast -- --test-threads="${AEGIS_TEST_THREADS:-2}" 2>&1 | tee -a "$log" || status=$?
+# One closing line for the whole suite (pytest prints one, cargo one per test binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     /^[0-9]+ (passed|failed)/ { for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "total: %d passed, %d failed\n", p, f }' "$log"
+exit $status
