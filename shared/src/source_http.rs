@@ -441,10 +441,16 @@ impl SourceClient {
                 self.limiter_error(&spec, e)
             })?;
             let attempts_allowed = 1 + limits.retries.min(MAX_RETRIES);
-            let permit = inner.limiter.acquire(&limits).await.map_err(|e| {
-                count_error(id, "limiter");
-                self.limiter_error(&spec, e)
-            })?;
+            let wait_span = tracing::info_span!("limiter_wait", limit_key = %limits.limit_key, otel.name = "limiter wait");
+            let permit = inner
+                .limiter
+                .acquire(&limits)
+                .instrument(wait_span)
+                .await
+                .map_err(|e| {
+                    count_error(id, "limiter");
+                    self.limiter_error(&spec, e)
+                })?;
             waited += permit.waited();
             span.record("limiter_wait_ms", waited.as_secs_f64() * 1000.0);
             span.record("attempts", attempt);

@@ -1,24 +1,82 @@
-//! One trace covers a job end to end: the coordinator's dispatch span and the
+//! One trace covers a job end to end: the coordinator's dispatch span, the
 //! worker's job span (carried through RabbitMQ in the W3C `traceparent`
-//! header), with the job name, org code and JobHistory ID as attributes.
-//! Exported over OTLP/HTTP protobuf to a local receiver, as to Jaeger.
+//! header) with the job name, org code and JobHistory ID as attributes, and the
+//! vendor HTTP calls and rate-limiter waits inside the job. Exported over
+//! OTLP/HTTP protobuf to a local receiver, as to Jaeger.
 
 use std::time::Duration;
 
+use aegis_shared::model::organization::{self, NewOrganization, OrgPayload};
+use aegis_shared::model::source_config::{self, NewSourceConfig, Vendor};
+use aegis_shared::secrets::Secret;
+use aegis_sim::{SimConfig, Simulator};
 use aegis_tests::eventually;
 use aegis_tests::fleet::Fleet;
 use aegis_tests::otlp::Receiver;
 
 #[tokio::test]
-async fn one_trace_covers_the_coordinators_dispatch_and_the_workers_job() -> anyhow::Result<()> {
+async fn one_trace_covers_dispatch_job_vendor_calls_and_limiter_waits() -> anyhow::Result<()> {
     let receiver = Receiver::default();
     let endpoint = receiver.start().await?;
+    let sim = Simulator::start(SimConfig::default()).await?;
     let mut f = Fleet::new().await?;
     f.env.insert("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint);
     f.env.insert("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into());
+    // An organization, a JIRA source config on the simulator, and a DiagnosticJob
+    // config whose payload probes it twice (two vendor calls, two limiter waits).
+    let mut tx = f.pool().begin().await?;
+    organization::create(
+        &mut tx,
+        &NewOrganization {
+            code: "NORTON".into(),
+            description: "traced".into(),
+            payload: OrgPayload::default(),
+            time_zone_offset: 0.0,
+            parent_code: None,
+            created_by: "test".into(),
+        },
+    )
+    .await?;
+    let (jira, _) = source_config::create(
+        &mut tx,
+        &NewSourceConfig {
+            org_code: "NORTON".into(),
+            vendor: Vendor::Jira,
+            address: sim.jira_url(),
+            port: None,
+            username: "aegis".into(),
+            password: Secret::new("aegis"),
+            token: Secret::default(),
+            delay_ns: 10_000_000,
+            concurrency: 1,
+            retries: 0,
+            verify_tls: true,
+            limit_key: None,
+            payload: serde_json::from_str(r#"{"project":"VULN"}"#)?,
+            created_by: "test".into(),
+        },
+        None,
+    )
+    .await?;
+    let (org_id,): (String,) = sqlx::query_as("SELECT ID FROM Organization WHERE Code = 'NORTON'")
+        .fetch_one(&mut *tx)
+        .await?;
+    let config = uuid::Uuid::new_v4().to_string();
+    sqlx::query("INSERT INTO JobConfig (ID, JobId, OrganizationID, Payload) VALUES (?, (SELECT Id FROM Job WHERE Struct = 'DiagnosticJob'), ?, ?)")
+        .bind(&config)
+        .bind(&org_id)
+        .bind(format!(r#"{{"probe": {{"source_config": "{}", "requests": 2}}}}"#, jira.id))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
     f.coordinator()?;
     f.worker()?;
-    let id = f.insert_diagnostic(r#"{"message": "traced"}"#, 0).await?;
+    let id = uuid::Uuid::new_v4().to_string();
+    sqlx::query("INSERT INTO JobHistory (ID, JobId, ConfigID, StatusId, Priority, Payload) SELECT ?, JobId, ID, 1, 0, Payload FROM JobConfig WHERE ID = ?")
+        .bind(&id)
+        .bind(&config)
+        .execute(f.pool())
+        .await?;
     f.wait_status(&id, 3, Duration::from_secs(30)).await?;
 
     let (dispatch, job) = eventually(
