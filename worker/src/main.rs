@@ -13,8 +13,8 @@
 //! with backoff; running jobs carry on meanwhile.
 
 mod jobs;
-mod vendors;
 mod runner;
+mod vendors;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -111,7 +111,8 @@ async fn run() -> anyhow::Result<()> {
         registry: Arc::new(Registry::standard()),
         running: RunningJobs::default(),
         vendors: runner::VendorAccess {
-            limiter: Limiter::new(&settings).context("setting up the rate limiter (AEGIS_REDIS_URL)")?,
+            limiter: Limiter::new(&settings)
+                .context("setting up the rate limiter (AEGIS_REDIS_URL)")?,
             limits: LimitsCache::new(pool.clone()),
         },
     });

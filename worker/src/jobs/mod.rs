@@ -8,6 +8,9 @@
 //! aborts a job that does not stop within a grace period.
 
 pub mod diagnostic;
+pub mod exception;
+pub mod ticket_sync;
+pub mod ticketing;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -83,8 +86,13 @@ impl JobContext {
 
     /// The rate-limited HTTP client of one of this job's source configs.
     pub fn client(&self, sc: &SourceConfig) -> Result<SourceClient, JobError> {
-        SourceClient::new(sc, self.settings.keyring.as_ref(), self.limiter.clone(), self.limits.clone())
-            .map_err(|e| JobError::Config(e.to_string()))
+        SourceClient::new(
+            sc,
+            self.settings.keyring.as_ref(),
+            self.limiter.clone(),
+            self.limits.clone(),
+        )
+        .map_err(|e| JobError::Config(e.to_string()))
     }
 
     /// Waits `duration`, or returns `Err(Cancelled)` as soon as the job is cancelled.
@@ -120,6 +128,9 @@ impl Registry {
     pub fn standard() -> Self {
         let mut r = Registry::default();
         r.register(diagnostic::DiagnosticJob);
+        r.register(ticketing::TicketingJob);
+        r.register(ticket_sync::TicketSyncJob);
+        r.register(exception::ExceptionJob);
         r
     }
 

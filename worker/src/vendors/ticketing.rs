@@ -205,7 +205,10 @@ pub trait TicketEngine: Send + Sync {
     fn search<'a>(&'a self, query: Query) -> BoxStream<'a, TicketResult<Ticket>>;
 
     /// Tickets carrying any of `labels` (one query; at most 50 labels).
-    fn find_by_labels<'a>(&'a self, labels: &'a [String]) -> BoxFuture<'a, TicketResult<Vec<Ticket>>>;
+    fn find_by_labels<'a>(
+        &'a self,
+        labels: &'a [String],
+    ) -> BoxFuture<'a, TicketResult<Vec<Ticket>>>;
 
     /// Moves the ticket to `aegis_status`, hop by hop through the workflow
     /// transitions the ticket offers (several hops when needed).
@@ -222,7 +225,11 @@ pub trait TicketEngine: Send + Sync {
     fn link<'a>(&'a self, child: &'a str, parent: &'a str) -> BoxFuture<'a, TicketResult<()>>;
 
     /// Assigns the ticket (None = unassigned).
-    fn assign<'a>(&'a self, key: &'a str, assignee: Option<&'a str>) -> BoxFuture<'a, TicketResult<()>>;
+    fn assign<'a>(
+        &'a self,
+        key: &'a str,
+        assignee: Option<&'a str>,
+    ) -> BoxFuture<'a, TicketResult<()>>;
 
     /// Writes fields by Aegis name (unknown fields are an error here: the
     /// caller asked for them explicitly).

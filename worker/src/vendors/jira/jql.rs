@@ -137,7 +137,11 @@ fn render_cond<E>(
         Cond::IsNotEmpty(f) => format!("{} is not EMPTY", resolve(f)?),
         Cond::Time(f, op, t) => format!("{} {op} {}", resolve(f)?, quote(&jql_time(*t, offset))),
         Cond::Any(cs) | Cond::All(cs) => {
-            let joiner = if matches!(c, Cond::Any(_)) { " OR " } else { " AND " };
+            let joiner = if matches!(c, Cond::Any(_)) {
+                " OR "
+            } else {
+                " AND "
+            };
             let inner = cs
                 .iter()
                 .map(|c| render_cond(c, resolve, offset, true))
@@ -227,7 +231,9 @@ mod tests {
 
     #[test]
     fn groups_dates_and_order_render() {
-        let t = DateTime::parse_from_rfc3339("2026-11-24T10:05:59Z").unwrap().with_timezone(&Utc);
+        let t = DateTime::parse_from_rfc3339("2026-11-24T10:05:59Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let q = Query::new()
             .and(Cond::Any(vec![
                 Cond::All(vec![

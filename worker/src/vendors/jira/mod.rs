@@ -36,18 +36,27 @@ use serde_json::{json, Map, Value};
 
 use self::jql::{Field, Query};
 use super::ticketing::{
-    field, CreatedTicket, FieldValue, NewTicket, Ticket, TicketEngine, TicketResult, TransitionOptions, User,
+    field, CreatedTicket, FieldValue, NewTicket, Ticket, TicketEngine, TicketResult,
+    TransitionOptions, User,
 };
 
 /// Why a JIRA operation failed. JIRA's own messages are quoted.
 #[derive(Debug, thiserror::Error)]
 pub enum TicketError {
     #[error("JIRA SourceConfig {source_config}: {reason}")]
-    Config { source_config: String, reason: String },
+    Config {
+        source_config: String,
+        reason: String,
+    },
     #[error(transparent)]
     Http(#[from] SourceHttpError),
     #[error("JIRA answered {status} to {method} {path}: {message}")]
-    Jira { method: Method, path: String, status: u16, message: String },
+    Jira {
+        method: Method,
+        path: String,
+        status: u16,
+        message: String,
+    },
     #[error("JIRA's answer to {what} is not what JIRA documents: {reason}")]
     Decode { what: String, reason: String },
     #[error("the JIRA project has no field named {0:?} (check field_map in the JIRA SourceConfig payload)")]
@@ -55,7 +64,12 @@ pub enum TicketError {
     #[error("{0:?} is not a JIRA issue key")]
     BadKey(String),
     #[error("no transition of {key} leads from {from:?} towards {to:?}; JIRA offers: {offered}")]
-    TransitionUnavailable { key: String, from: String, to: String, offered: String },
+    TransitionUnavailable {
+        key: String,
+        from: String,
+        to: String,
+        offered: String,
+    },
 }
 
 impl TicketError {
@@ -63,7 +77,9 @@ impl TicketError {
     /// (no response, a 5xx, a 429): search before trying again.
     pub fn is_ambiguous(&self) -> bool {
         match self {
-            TicketError::Http(SourceHttpError::Transport { .. } | SourceHttpError::Body { .. }) => true,
+            TicketError::Http(SourceHttpError::Transport { .. } | SourceHttpError::Body { .. }) => {
+                true
+            }
             TicketError::Http(SourceHttpError::Decode { .. }) => true,
             TicketError::Jira { status, .. } => *status >= 500 || *status == 429,
             _ => false,
@@ -80,7 +96,12 @@ impl TicketError {
     }
 
     fn jira(method: Method, path: &str, status: StatusCode, body: &str) -> TicketError {
-        TicketError::Jira { method, path: path.to_string(), status: status.as_u16(), message: jira_message(body) }
+        TicketError::Jira {
+            method,
+            path: path.to_string(),
+            status: status.as_u16(),
+            message: jira_message(body),
+        }
     }
 }
 
@@ -91,11 +112,21 @@ fn jira_message(body: &str) -> String {
         let mut parts: Vec<String> = o
             .get("errorMessages")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
             .unwrap_or_default();
         if let Some(errors) = o.get("errors").and_then(Value::as_object) {
             for (k, v) in errors {
-                parts.push(format!("{k}: {}", v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())));
+                parts.push(format!(
+                    "{k}: {}",
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string())
+                ));
             }
         }
         if !parts.is_empty() {
@@ -140,24 +171,37 @@ struct Settings {
 
 impl Settings {
     fn parse(sc: &SourceConfig) -> Result<Settings, TicketError> {
-        let err = |reason: String| TicketError::Config { source_config: sc.id.clone(), reason };
+        let err = |reason: String| TicketError::Config {
+            source_config: sc.id.clone(),
+            reason,
+        };
         let p = sc.payload().map_err(|e| err(e.to_string()))?;
         let project = p
             .get("project")
             .and_then(Value::as_str)
             .map(str::trim)
             .filter(|s| !s.is_empty())
-            .ok_or_else(|| err("the payload has no \"project\" key (e.g. {\"project\":\"VULN\"})".into()))?
+            .ok_or_else(|| {
+                err("the payload has no \"project\" key (e.g. {\"project\":\"VULN\"})".into())
+            })?
             .to_string();
         let string_map = |key: &str| -> HashMap<String, String> {
             p.get(key)
                 .and_then(Value::as_object)
-                .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                        .collect()
+                })
                 .unwrap_or_default()
         };
-        let status_map = string_map("status_map").into_iter().map(|(k, v)| (k.to_lowercase(), v)).collect();
+        let status_map = string_map("status_map")
+            .into_iter()
+            .map(|(k, v)| (k.to_lowercase(), v))
+            .collect();
         let field_map = string_map("field_map");
-        let mut transition_map: HashMap<String, HashMap<String, Vec<(String, String)>>> = HashMap::new();
+        let mut transition_map: HashMap<String, HashMap<String, Vec<(String, String)>>> =
+            HashMap::new();
         if let Some(m) = p.get("transition_map").and_then(Value::as_object) {
             for (from, tos) in m {
                 let Some(tos) = tos.as_object() else { continue };
@@ -171,18 +215,29 @@ impl Settings {
                                         Value::String(s) => s.clone(),
                                         v => v.to_string(),
                                     };
-                                    let name = s.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+                                    let name = s
+                                        .get("name")
+                                        .and_then(Value::as_str)
+                                        .unwrap_or_default()
+                                        .to_string();
                                     Some((id, name))
                                 })
                                 .collect()
                         })
                         .unwrap_or_default();
-                    transition_map.entry(from.to_lowercase()).or_default().insert(to.to_lowercase(), steps);
+                    transition_map
+                        .entry(from.to_lowercase())
+                        .or_default()
+                        .insert(to.to_lowercase(), steps);
                 }
             }
         }
         let text = |key: &str, default: &str| {
-            p.get(key).and_then(Value::as_str).filter(|s| !s.trim().is_empty()).unwrap_or(default).to_string()
+            p.get(key)
+                .and_then(Value::as_str)
+                .filter(|s| !s.trim().is_empty())
+                .unwrap_or(default)
+                .to_string()
         };
         Ok(Settings {
             project,
@@ -191,7 +246,11 @@ impl Settings {
             transition_map,
             issue_type: text("issue_type", "Request"),
             link_type: text("link_type", "Related"),
-            page_size: p.get("page_size").and_then(Value::as_u64).map(|n| n.clamp(1, 1000) as u32).unwrap_or(1000),
+            page_size: p
+                .get("page_size")
+                .and_then(Value::as_u64)
+                .map(|n| n.clamp(1, 1000) as u32)
+                .unwrap_or(1000),
             cloud: p.get("cloud").and_then(Value::as_bool).unwrap_or(false),
             jql_time_offset_minutes: p
                 .get("jql_time_offset_minutes")
@@ -244,17 +303,29 @@ impl JiraClient {
         };
         let catalogue: Vec<Value> = client.get_json(FIELD_PATH, FIELD_PATH).await?;
         for f in catalogue {
-            let (Some(id), Some(name)) = (f.get("id").and_then(Value::as_str), f.get("name").and_then(Value::as_str))
-            else {
+            let (Some(id), Some(name)) = (
+                f.get("id").and_then(Value::as_str),
+                f.get("name").and_then(Value::as_str),
+            ) else {
                 continue;
             };
             let schema = f.get("schema");
             let def = FieldDef {
                 id: id.to_string(),
                 name: name.to_string(),
-                custom_id: schema.and_then(|s| s.get("customId")).and_then(Value::as_u64),
-                kind: schema.and_then(|s| s.get("type")).and_then(Value::as_str).unwrap_or("string").to_string(),
-                items: schema.and_then(|s| s.get("items")).and_then(Value::as_str).unwrap_or_default().to_string(),
+                custom_id: schema
+                    .and_then(|s| s.get("customId"))
+                    .and_then(Value::as_u64),
+                kind: schema
+                    .and_then(|s| s.get("type"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("string")
+                    .to_string(),
+                items: schema
+                    .and_then(|s| s.get("items"))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
             };
             client.fields.entry(name.to_lowercase()).or_insert(def);
         }
@@ -277,27 +348,41 @@ impl JiraClient {
         let wanted = client.settings.issue_type.to_lowercase();
         client.issue_type = types
             .into_iter()
-            .find(|t| t.get("name").and_then(Value::as_str).map(str::to_lowercase) == Some(wanted.clone()))
+            .find(|t| {
+                t.get("name").and_then(Value::as_str).map(str::to_lowercase) == Some(wanted.clone())
+            })
             .and_then(|t| t.get("id").cloned())
             .map(|id| json!({ "id": id }))
             .ok_or_else(|| TicketError::Config {
                 source_config: sc.id.clone(),
-                reason: format!("JIRA has no issue type named {:?} (payload issue_type)", client.settings.issue_type),
+                reason: format!(
+                    "JIRA has no issue type named {:?} (payload issue_type)",
+                    client.settings.issue_type
+                ),
             })?;
         Ok(client)
     }
 
     /// The catalogue entry for an Aegis field name.
     fn field_def(&self, aegis: &str) -> Option<&FieldDef> {
-        let jira_name = self.settings.field_map.get(aegis).map(String::as_str).unwrap_or(aegis);
-        self.fields.get(&jira_name.to_lowercase()).or_else(|| self.fields.get(&aegis.to_lowercase()))
+        let jira_name = self
+            .settings
+            .field_map
+            .get(aegis)
+            .map(String::as_str)
+            .unwrap_or(aegis);
+        self.fields
+            .get(&jira_name.to_lowercase())
+            .or_else(|| self.fields.get(&aegis.to_lowercase()))
     }
 
     fn resolve(&self, f: &Field) -> Result<String, TicketError> {
         match f {
             Field::System(s) => Ok((*s).to_string()),
             Field::Aegis(name) => {
-                let def = self.field_def(name).ok_or_else(|| TicketError::UnknownField(name.clone()))?;
+                let def = self
+                    .field_def(name)
+                    .ok_or_else(|| TicketError::UnknownField(name.clone()))?;
                 Ok(match def.custom_id {
                     Some(id) => format!("cf[{id}]"),
                     None => def.id.clone(),
@@ -313,7 +398,10 @@ impl JiraClient {
 
     async fn call(&self, spec: RequestSpec) -> Result<SourceResponse, TicketError> {
         let (method, path) = (spec.method.clone(), spec.path_template.clone());
-        let spec = spec.header(reqwest::header::ACCEPT, reqwest::header::HeaderValue::from_static("application/json"));
+        let spec = spec.header(
+            reqwest::header::ACCEPT,
+            reqwest::header::HeaderValue::from_static("application/json"),
+        );
         let resp = self.http.send(spec).await?;
         if resp.status().is_success() {
             return Ok(resp);
@@ -323,8 +411,16 @@ impl JiraClient {
         Err(TicketError::jira(method, &path, status, &body))
     }
 
-    async fn get_json<T: serde::de::DeserializeOwned>(&self, template: &str, path: &str) -> Result<T, TicketError> {
-        Ok(self.call(RequestSpec::get(template, path)).await?.json().await?)
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        template: &str,
+        path: &str,
+    ) -> Result<T, TicketError> {
+        Ok(self
+            .call(RequestSpec::get(template, path))
+            .await?
+            .json()
+            .await?)
     }
 
     async fn send_json(
@@ -334,10 +430,12 @@ impl JiraClient {
         path: &str,
         body: &Value,
     ) -> Result<SourceResponse, TicketError> {
-        let spec = RequestSpec::new(method, template, path).json(body).map_err(|e| TicketError::Decode {
-            what: "a request body".into(),
-            reason: e.to_string(),
-        })?;
+        let spec = RequestSpec::new(method, template, path)
+            .json(body)
+            .map_err(|e| TicketError::Decode {
+                what: "a request body".into(),
+                reason: e.to_string(),
+            })?;
         self.call(spec).await
     }
 
@@ -365,7 +463,11 @@ impl JiraClient {
             "group" => json!({ "name": text }),
             "user" if self.settings.cloud => json!({ "accountId": text }),
             "user" => json!({ "name": text }),
-            "array" if def.items == "string" => json!(text.split(',').map(str::trim).filter(|s| !s.is_empty()).collect::<Vec<_>>()),
+            "array" if def.items == "string" => json!(text
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()),
             "array" if def.items == "group" => json!([{ "name": text }]),
             "array" => json!([{ "value": text }]),
             _ => json!({ "value": text }),
@@ -373,12 +475,22 @@ impl JiraClient {
     }
 
     fn parse_ticket(&self, issue: &Value) -> Result<Ticket, TicketError> {
-        let key = issue.get("key").and_then(Value::as_str).unwrap_or_default().to_string();
+        let key = issue
+            .get("key")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         if key.is_empty() {
-            return Err(TicketError::Decode { what: "an issue".into(), reason: "no \"key\"".into() });
+            return Err(TicketError::Decode {
+                what: "an issue".into(),
+                reason: "no \"key\"".into(),
+            });
         }
         let empty = Map::new();
-        let f = issue.get("fields").and_then(Value::as_object).unwrap_or(&empty);
+        let f = issue
+            .get("fields")
+            .and_then(Value::as_object)
+            .unwrap_or(&empty);
         let text_at = |v: Option<&Value>| v.map(value_text).filter(|s| !s.is_empty());
         let mut ticket = Ticket {
             key,
@@ -387,15 +499,32 @@ impl JiraClient {
                 Some(v) => v.to_string(),
                 None => String::new(),
             },
-            status: f.get("status").and_then(|s| s.get("name")).and_then(Value::as_str).unwrap_or_default().to_string(),
-            summary: f.get("summary").and_then(Value::as_str).unwrap_or_default().to_string(),
+            status: f
+                .get("status")
+                .and_then(|s| s.get("name"))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            summary: f
+                .get("summary")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
             assignee: f.get("assignee").filter(|a| !a.is_null()).and_then(|a| {
-                ["name", "accountId", "displayName"].iter().find_map(|k| a.get(*k).and_then(Value::as_str)).map(str::to_string)
+                ["name", "accountId", "displayName"]
+                    .iter()
+                    .find_map(|k| a.get(*k).and_then(Value::as_str))
+                    .map(str::to_string)
             }),
             labels: f
                 .get("labels")
                 .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect()
+                })
                 .unwrap_or_default(),
             created: text_at(f.get("created")).and_then(|s| dates::parse_any(&s)),
             updated: text_at(f.get("updated")).and_then(|s| dates::parse_any(&s)),
@@ -408,7 +537,11 @@ impl JiraClient {
                     links
                         .iter()
                         .filter_map(|l| {
-                            l.get("outwardIssue").or_else(|| l.get("inwardIssue"))?.get("key")?.as_str().map(str::to_string)
+                            l.get("outwardIssue")
+                                .or_else(|| l.get("inwardIssue"))?
+                                .get("key")?
+                                .as_str()
+                                .map(str::to_string)
                         })
                         .collect()
                 })
@@ -431,9 +564,14 @@ impl JiraClient {
 
     async fn offered_transitions(&self, key: &str) -> Result<Vec<Offered>, TicketError> {
         let path = format!("/rest/api/2/issue/{key}/transitions");
-        let spec = RequestSpec::get("/rest/api/2/issue/{key}/transitions", path).query("expand", "transitions.fields");
+        let spec = RequestSpec::get("/rest/api/2/issue/{key}/transitions", path)
+            .query("expand", "transitions.fields");
         let v: Value = self.call(spec).await?.json().await?;
-        let list = v.get("transitions").and_then(Value::as_array).cloned().unwrap_or_default();
+        let list = v
+            .get("transitions")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         Ok(list
             .iter()
             .filter_map(|t| {
@@ -442,8 +580,17 @@ impl JiraClient {
                         Value::String(s) => s.clone(),
                         v => v.to_string(),
                     },
-                    name: t.get("name").and_then(Value::as_str).unwrap_or_default().to_string(),
-                    to: t.get("to").and_then(|to| to.get("name")).and_then(Value::as_str).unwrap_or_default().to_string(),
+                    name: t
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string(),
+                    to: t
+                        .get("to")
+                        .and_then(|to| to.get("name"))
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string(),
                     screen: t
                         .get("fields")
                         .and_then(Value::as_object)
@@ -462,9 +609,13 @@ impl JiraClient {
         let mut seen = HashSet::from([from.clone()]);
         let mut queue = VecDeque::from([(from, None::<String>)]);
         while let Some((status, first)) = queue.pop_front() {
-            let Some(edges) = map.get(&status) else { continue };
+            let Some(edges) = map.get(&status) else {
+                continue;
+            };
             for (next, steps) in edges {
-                let Some((id, _)) = steps.first() else { continue };
+                let Some((id, _)) = steps.first() else {
+                    continue;
+                };
                 let first = first.clone().unwrap_or_else(|| id.clone());
                 if *next == to {
                     return Some(first);
@@ -478,9 +629,13 @@ impl JiraClient {
     }
 
     async fn status_of(&self, key: &str) -> Result<String, TicketError> {
-        let spec = RequestSpec::get(ISSUE_KEY_PATH, format!("{ISSUE_PATH}/{key}")).query("fields", "status");
+        let spec = RequestSpec::get(ISSUE_KEY_PATH, format!("{ISSUE_PATH}/{key}"))
+            .query("fields", "status");
         let v: Value = self.call(spec).await?.json().await?;
-        Ok(v.pointer("/fields/status/name").and_then(Value::as_str).unwrap_or_default().to_string())
+        Ok(v.pointer("/fields/status/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string())
     }
 
     async fn user(&self, name: &str) -> Result<Option<User>, TicketError> {
@@ -488,24 +643,33 @@ impl JiraClient {
             return Ok(u.clone());
         }
         let found = if self.settings.cloud {
-            let spec = RequestSpec::get("/rest/api/2/user/search", "/rest/api/2/user/search").query("query", name);
+            let spec = RequestSpec::get("/rest/api/2/user/search", "/rest/api/2/user/search")
+                .query("query", name);
             let list: Vec<Value> = self.call(spec).await?.json().await?;
             list.iter()
                 .find(|u| {
                     ["name", "displayName", "emailAddress", "accountId"]
                         .iter()
-                        .any(|k| u.get(*k).and_then(Value::as_str).is_some_and(|v| v.eq_ignore_ascii_case(name)))
+                        .any(|k| {
+                            u.get(*k)
+                                .and_then(Value::as_str)
+                                .is_some_and(|v| v.eq_ignore_ascii_case(name))
+                        })
                 })
                 .map(parse_user)
         } else {
-            let spec = RequestSpec::get("/rest/api/2/user", "/rest/api/2/user").query("username", name);
+            let spec =
+                RequestSpec::get("/rest/api/2/user", "/rest/api/2/user").query("username", name);
             match self.call(spec).await {
                 Ok(resp) => Some(parse_user(&resp.json::<Value>().await?)),
                 Err(e) if e.status() == Some(404) => None,
                 Err(e) => return Err(e),
             }
         };
-        self.users.lock().map_err(|_| poisoned())?.insert(name.to_string(), found.clone());
+        self.users
+            .lock()
+            .map_err(|_| poisoned())?
+            .insert(name.to_string(), found.clone());
         Ok(found)
     }
 
@@ -534,7 +698,10 @@ impl JiraClient {
                 Some(u) => {
                     fields.insert("assignee".into(), self.user_ref(&u));
                 }
-                None => tracing::warn!(assignee = name, "JIRA does not know the assignee; the ticket is created unassigned"),
+                None => tracing::warn!(
+                    assignee = name,
+                    "JIRA does not know the assignee; the ticket is created unassigned"
+                ),
             }
         }
         for (name, value) in &t.fields {
@@ -549,11 +716,25 @@ impl JiraClient {
                 fields.insert(def.id.clone(), v);
             }
         }
-        let resp = self.send_json(Method::POST, ISSUE_PATH, ISSUE_PATH, &json!({ "fields": fields })).await?;
+        let resp = self
+            .send_json(
+                Method::POST,
+                ISSUE_PATH,
+                ISSUE_PATH,
+                &json!({ "fields": fields }),
+            )
+            .await?;
         let v: Value = resp.json().await?;
-        let key = v.get("key").and_then(Value::as_str).unwrap_or_default().to_string();
+        let key = v
+            .get("key")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         if key.is_empty() {
-            return Err(TicketError::Decode { what: "issue creation".into(), reason: "no \"key\"".into() });
+            return Err(TicketError::Decode {
+                what: "issue creation".into(),
+                reason: "no \"key\"".into(),
+            });
         }
         let id = match v.get("id") {
             Some(Value::String(s)) => s.clone(),
@@ -563,10 +744,17 @@ impl JiraClient {
         Ok(CreatedTicket { key, id })
     }
 
-    async fn transition_ticket(&self, key: &str, aegis_status: &str, o: TransitionOptions) -> Result<(), TicketError> {
+    async fn transition_ticket(
+        &self,
+        key: &str,
+        aegis_status: &str,
+        o: TransitionOptions,
+    ) -> Result<(), TicketError> {
         let target = self.status_name(aegis_status);
         let resolution_date = self.field_def(field::RESOLUTION_DATE).map(|d| d.id.clone());
-        let expiration = self.field_def(field::EXCEPTION_EXPIRATION).map(|d| (d.id.clone(), d.kind.clone()));
+        let expiration = self
+            .field_def(field::EXCEPTION_EXPIRATION)
+            .map(|d| (d.id.clone(), d.kind.clone()));
         let reopen_reason = self.field_def(field::REOPEN_REASON).map(|d| d.id.clone());
         for _hop in 0..8 {
             let current = self.status_of(key).await?;
@@ -574,36 +762,64 @@ impl JiraClient {
                 return Ok(());
             }
             let offered = self.offered_transitions(key).await?;
-            let pick = offered.iter().find(|t| t.to.eq_ignore_ascii_case(&target)).or_else(|| {
-                let id = self.next_hop(&current, &target)?;
-                offered.iter().find(|t| t.id == id)
-            });
+            let pick = offered
+                .iter()
+                .find(|t| t.to.eq_ignore_ascii_case(&target))
+                .or_else(|| {
+                    let id = self.next_hop(&current, &target)?;
+                    offered.iter().find(|t| t.id == id)
+                });
             let Some(pick) = pick else {
                 return Err(TicketError::TransitionUnavailable {
                     key: key.into(),
                     from: current,
                     to: target,
-                    offered: offered.iter().map(|t| format!("{} ({}) → {}", t.name, t.id, t.to)).collect::<Vec<_>>().join(", "),
+                    offered: offered
+                        .iter()
+                        .map(|t| format!("{} ({}) → {}", t.name, t.id, t.to))
+                        .collect::<Vec<_>>()
+                        .join(", "),
                 });
             };
             let last = pick.to.eq_ignore_ascii_case(&target);
             let mut fields = Map::new();
-            if let Some(a) = o.assignee.as_deref().filter(|a| !a.is_empty() && pick.screen.contains("assignee")) {
+            if let Some(a) = o
+                .assignee
+                .as_deref()
+                .filter(|a| !a.is_empty() && pick.screen.contains("assignee"))
+            {
                 if let Some(u) = self.user(a).await? {
                     fields.insert("assignee".into(), self.user_ref(&u));
                 }
             }
-            if let Some(id) = resolution_date.as_ref().filter(|id| pick.screen.contains(*id)) {
-                fields.insert(id.clone(), Value::String(dates::format_datetime(chrono::Utc::now())));
+            if let Some(id) = resolution_date
+                .as_ref()
+                .filter(|id| pick.screen.contains(*id))
+            {
+                fields.insert(
+                    id.clone(),
+                    Value::String(dates::format_datetime(chrono::Utc::now())),
+                );
             }
             if let (Some((id, kind)), Some(t)) = (expiration.as_ref(), o.exception_expiration) {
                 if pick.screen.contains(id) {
-                    let v = if kind == "date" { dates::format_date(t.date_naive()) } else { dates::format_datetime(t) };
+                    let v = if kind == "date" {
+                        dates::format_date(t.date_naive())
+                    } else {
+                        dates::format_datetime(t)
+                    };
                     fields.insert(id.clone(), Value::String(v));
                 }
             }
-            if let Some(id) = reopen_reason.as_ref().filter(|id| pick.screen.contains(*id)) {
-                let reason = o.comment.clone().filter(|c| !c.is_empty()).unwrap_or_else(|| "Reopened by Aegis".into());
+            if let Some(id) = reopen_reason
+                .as_ref()
+                .filter(|id| pick.screen.contains(*id))
+            {
+                let reason = o
+                    .comment
+                    .clone()
+                    .filter(|c| !c.is_empty())
+                    .unwrap_or_else(|| "Reopened by Aegis".into());
                 fields.insert(id.clone(), Value::String(reason));
             }
             let mut body = json!({ "transition": { "id": pick.id } });
@@ -614,7 +830,13 @@ impl JiraClient {
                 body["update"] = json!({ "comment": [{ "add": { "body": c } }] });
             }
             let path = format!("/rest/api/2/issue/{key}/transitions");
-            self.send_json(Method::POST, "/rest/api/2/issue/{key}/transitions", &path, &body).await?;
+            self.send_json(
+                Method::POST,
+                "/rest/api/2/issue/{key}/transitions",
+                &path,
+                &body,
+            )
+            .await?;
         }
         Err(TicketError::TransitionUnavailable {
             key: key.into(),
@@ -626,11 +848,19 @@ impl JiraClient {
 }
 
 fn poisoned() -> TicketError {
-    TicketError::Decode { what: "the user cache".into(), reason: "a lock was poisoned".into() }
+    TicketError::Decode {
+        what: "the user cache".into(),
+        reason: "a lock was poisoned".into(),
+    }
 }
 
 fn parse_user(u: &Value) -> User {
-    let s = |k: &str| u.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+    let s = |k: &str| {
+        u.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
     User {
         name: s("name"),
         account_id: s("accountId"),
@@ -647,7 +877,12 @@ fn value_text(v: &Value) -> String {
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
         Value::Bool(b) => b.to_string(),
-        Value::Array(a) => a.iter().map(value_text).filter(|s| !s.is_empty()).collect::<Vec<_>>().join(","),
+        Value::Array(a) => a
+            .iter()
+            .map(value_text)
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join(","),
         Value::Object(o) => ["value", "name", "key", "accountId"]
             .iter()
             .find_map(|k| o.get(*k).map(value_text))
@@ -662,10 +897,17 @@ pub fn truncate(s: &str, max: usize) -> String {
 
 /// True for `PROJ-123`: the only shape put into a URL path.
 fn valid_key(key: &str) -> bool {
-    let Some((project, number)) = key.rsplit_once('-') else { return false };
+    let Some((project, number)) = key.rsplit_once('-') else {
+        return false;
+    };
     !project.is_empty()
-        && project.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-        && project.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && project
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic())
+        && project
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
         && !number.is_empty()
         && number.chars().all(|c| c.is_ascii_digit())
 }
@@ -684,7 +926,11 @@ impl TicketEngine for JiraClient {
     }
 
     fn status_name(&self, aegis_status: &str) -> String {
-        self.settings.status_map.get(&aegis_status.to_lowercase()).cloned().unwrap_or_else(|| aegis_status.to_string())
+        self.settings
+            .status_map
+            .get(&aegis_status.to_lowercase())
+            .cloned()
+            .unwrap_or_else(|| aegis_status.to_string())
     }
 
     fn query(&self) -> Query {
@@ -698,7 +944,9 @@ impl TicketEngine for JiraClient {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, TicketResult<Ticket>> {
         Box::pin(async move {
             check_key(key)?;
-            let v: Value = self.get_json(ISSUE_KEY_PATH, &format!("{ISSUE_PATH}/{key}")).await?;
+            let v: Value = self
+                .get_json(ISSUE_KEY_PATH, &format!("{ISSUE_PATH}/{key}"))
+                .await?;
             self.parse_ticket(&v)
         })
     }
@@ -710,41 +958,62 @@ impl TicketEngine for JiraClient {
         };
         tracing::debug!(%jql, "JIRA search");
         // State: next startAt, keys already seen, finished.
-        let pages = stream::try_unfold((0u64, HashSet::<String>::new(), false), move |(start, mut seen, done)| {
-            let jql = jql.clone();
-            async move {
-                if done {
-                    return Ok(None);
-                }
-                let body = json!({ "jql": jql, "startAt": start, "maxResults": self.settings.page_size });
-                let v: Value = self.send_json(Method::POST, SEARCH_PATH, SEARCH_PATH, &body).await?.json().await?;
-                let issues = v.get("issues").and_then(Value::as_array).cloned().unwrap_or_default();
-                let total = v.get("total").and_then(Value::as_u64).unwrap_or(0);
-                let mut page = Vec::with_capacity(issues.len());
-                let mut new = 0usize;
-                for i in &issues {
-                    let t = self.parse_ticket(i)?;
-                    if seen.insert(t.key.clone()) {
-                        new += 1;
-                        page.push(t);
+        let pages = stream::try_unfold(
+            (0u64, HashSet::<String>::new(), false),
+            move |(start, mut seen, done)| {
+                let jql = jql.clone();
+                async move {
+                    if done {
+                        return Ok(None);
                     }
-                }
-                if !issues.is_empty() && new == 0 {
-                    return Err(TicketError::Decode {
+                    let body = json!({ "jql": jql, "startAt": start, "maxResults": self.settings.page_size });
+                    // A search is a read: safe to retry after a 429 or 5xx.
+                    let spec = RequestSpec::new(Method::POST, SEARCH_PATH, SEARCH_PATH)
+                        .json(&body)
+                        .map_err(|e| TicketError::Decode {
+                            what: "a request body".into(),
+                            reason: e.to_string(),
+                        })?
+                        .idempotent(true);
+                    let v: Value = self.call(spec).await?.json().await?;
+                    let issues = v
+                        .get("issues")
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default();
+                    let total = v.get("total").and_then(Value::as_u64).unwrap_or(0);
+                    let mut page = Vec::with_capacity(issues.len());
+                    let mut new = 0usize;
+                    for i in &issues {
+                        let t = self.parse_ticket(i)?;
+                        if seen.insert(t.key.clone()) {
+                            new += 1;
+                            page.push(t);
+                        }
+                    }
+                    if !issues.is_empty() && new == 0 {
+                        return Err(TicketError::Decode {
                         what: "a JQL search page".into(),
                         reason: format!("startAt={start} returned only issues of earlier pages (the server does not page)"),
                     });
+                    }
+                    // Advance by what the server returned, whatever maxResults it honoured.
+                    let next = start + issues.len() as u64;
+                    let done = issues.is_empty() || next >= total;
+                    Ok(Some((page, (next, seen, done))))
                 }
-                // Advance by what the server returned, whatever maxResults it honoured.
-                let next = start + issues.len() as u64;
-                let done = issues.is_empty() || next >= total;
-                Ok(Some((page, (next, seen, done))))
-            }
-        });
-        pages.map_ok(|page| stream::iter(page.into_iter().map(Ok))).try_flatten().boxed()
+            },
+        );
+        pages
+            .map_ok(|page| stream::iter(page.into_iter().map(Ok)))
+            .try_flatten()
+            .boxed()
     }
 
-    fn find_by_labels<'a>(&'a self, labels: &'a [String]) -> BoxFuture<'a, TicketResult<Vec<Ticket>>> {
+    fn find_by_labels<'a>(
+        &'a self,
+        labels: &'a [String],
+    ) -> BoxFuture<'a, TicketResult<Vec<Ticket>>> {
         Box::pin(async move {
             if labels.is_empty() {
                 return Ok(Vec::new());
@@ -770,7 +1039,13 @@ impl TicketEngine for JiraClient {
         Box::pin(async move {
             check_key(key)?;
             let path = format!("/rest/api/2/issue/{key}/comment");
-            self.send_json(Method::POST, "/rest/api/2/issue/{key}/comment", &path, &json!({ "body": body })).await?;
+            self.send_json(
+                Method::POST,
+                "/rest/api/2/issue/{key}/comment",
+                &path,
+                &json!({ "body": body }),
+            )
+            .await?;
             Ok(())
         })
     }
@@ -783,12 +1058,22 @@ impl TicketEngine for JiraClient {
                 "type": {"name": self.settings.link_type},
                 "outwardIssue": {"key": parent}
             }}]}});
-            self.send_json(Method::PUT, ISSUE_KEY_PATH, &format!("{ISSUE_PATH}/{child}"), &body).await?;
+            self.send_json(
+                Method::PUT,
+                ISSUE_KEY_PATH,
+                &format!("{ISSUE_PATH}/{child}"),
+                &body,
+            )
+            .await?;
             Ok(())
         })
     }
 
-    fn assign<'a>(&'a self, key: &'a str, assignee: Option<&'a str>) -> BoxFuture<'a, TicketResult<()>> {
+    fn assign<'a>(
+        &'a self,
+        key: &'a str,
+        assignee: Option<&'a str>,
+    ) -> BoxFuture<'a, TicketResult<()>> {
         Box::pin(async move {
             check_key(key)?;
             let value = match assignee.filter(|a| !a.is_empty()) {
@@ -806,7 +1091,13 @@ impl TicketEngine for JiraClient {
                 },
             };
             let body = json!({ "fields": { "assignee": value } });
-            self.send_json(Method::PUT, ISSUE_KEY_PATH, &format!("{ISSUE_PATH}/{key}"), &body).await?;
+            self.send_json(
+                Method::PUT,
+                ISSUE_KEY_PATH,
+                &format!("{ISSUE_PATH}/{key}"),
+                &body,
+            )
+            .await?;
             Ok(())
         })
     }
@@ -820,18 +1111,28 @@ impl TicketEngine for JiraClient {
             check_key(key)?;
             let mut out = Map::new();
             for (name, value) in fields {
-                let def = self.field_def(name).ok_or_else(|| TicketError::UnknownField(name.clone()))?;
-                let v = self.write_value(def, value).ok_or_else(|| TicketError::Decode {
-                    what: format!("field {name:?}"),
-                    reason: format!("{value:?} is not a valid {} value", def.kind),
-                })?;
+                let def = self
+                    .field_def(name)
+                    .ok_or_else(|| TicketError::UnknownField(name.clone()))?;
+                let v = self
+                    .write_value(def, value)
+                    .ok_or_else(|| TicketError::Decode {
+                        what: format!("field {name:?}"),
+                        reason: format!("{value:?} is not a valid {} value", def.kind),
+                    })?;
                 out.insert(def.id.clone(), v);
             }
             if out.is_empty() {
                 return Ok(());
             }
             let body = json!({ "fields": out });
-            self.send_json(Method::PUT, ISSUE_KEY_PATH, &format!("{ISSUE_PATH}/{key}"), &body).await?;
+            self.send_json(
+                Method::PUT,
+                ISSUE_KEY_PATH,
+                &format!("{ISSUE_PATH}/{key}"),
+                &body,
+            )
+            .await?;
             Ok(())
         })
     }
@@ -848,16 +1149,30 @@ mod tests {
     #[test]
     fn jira_error_bodies_are_quoted() {
         let body = r#"{"errorMessages":["Issue Does Not Exist"],"errors":{"customfield_10100":"Option value 'X' is not valid"}}"#;
-        assert_eq!(jira_message(body), "Issue Does Not Exist; customfield_10100: Option value 'X' is not valid");
+        assert_eq!(
+            jira_message(body),
+            "Issue Does Not Exist; customfield_10100: Option value 'X' is not valid"
+        );
         assert_eq!(jira_message(""), "(empty body)");
-        assert_eq!(jira_message("<html>proxy error</html>"), "<html>proxy error</html>");
+        assert_eq!(
+            jira_message("<html>proxy error</html>"),
+            "<html>proxy error</html>"
+        );
     }
 
     #[test]
     fn only_issue_keys_reach_a_url_path() {
         assert!(valid_key("VULN-12"));
         assert!(valid_key("AB_1-3"));
-        for bad in ["VULN", "VULN-", "-1", "VULN-1/../2", "VU LN-1", "1A-2", "VULN-1?x=1"] {
+        for bad in [
+            "VULN",
+            "VULN-",
+            "-1",
+            "VULN-1/../2",
+            "VU LN-1",
+            "1A-2",
+            "VULN-1?x=1",
+        ] {
             assert!(!valid_key(bad), "{bad}");
         }
     }
