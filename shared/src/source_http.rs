@@ -52,10 +52,7 @@ pub const MAX_RETRIES: u32 = 10;
 #[derive(Debug, thiserror::Error)]
 pub enum SourceHttpError {
     #[error("SourceConfig {source_config}: {reason}")]
-    Config {
-        source_config: String,
-        reason: String,
-    },
+    Config { source_config: String, reason: String },
     #[error("{method} {path} on SourceConfig {source_config}: {source}")]
     Limiter {
         source_config: String,
@@ -74,12 +71,7 @@ pub enum SourceHttpError {
         source: reqwest::Error,
     },
     #[error("{method} {path} on SourceConfig {source_config} answered {status}")]
-    Status {
-        source_config: String,
-        method: Method,
-        path: String,
-        status: StatusCode,
-    },
+    Status { source_config: String, method: Method, path: String, status: StatusCode },
     #[error("{method} {path} on SourceConfig {source_config}: reading the response body failed: {source}")]
     Body {
         source_config: String,
@@ -145,11 +137,7 @@ pub struct RequestSpec {
 }
 
 impl RequestSpec {
-    pub fn new(
-        method: Method,
-        path_template: impl Into<String>,
-        url_path: impl Into<String>,
-    ) -> Self {
+    pub fn new(method: Method, path_template: impl Into<String>, url_path: impl Into<String>) -> Self {
         RequestSpec {
             method,
             path_template: path_template.into(),
@@ -184,10 +172,7 @@ impl RequestSpec {
     /// A JSON body with `Content-Type: application/json`.
     pub fn json<T: Serialize + ?Sized>(mut self, value: &T) -> Result<Self, serde_json::Error> {
         self.body = Some(Bytes::from(serde_json::to_vec(value)?));
-        self.headers.insert(
-            reqwest::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        self.headers.insert(reqwest::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         Ok(self)
     }
 
@@ -225,9 +210,7 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(metric: T) -> T {
 }
 
 static METRICS: LazyLock<Option<Metrics>> = LazyLock::new(|| {
-    let buckets = vec![
-        0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
-    ];
+    let buckets = vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0];
     Some(Metrics {
         requests: register(
             IntCounterVec::new(
@@ -308,12 +291,7 @@ impl std::fmt::Debug for SourceClient {
 
 impl SourceClient {
     /// A client for `sc`, with credentials opened by `keyring`.
-    pub fn new(
-        sc: &SourceConfig,
-        keyring: Option<&Keyring>,
-        limiter: Limiter,
-        limits: LimitsCache,
-    ) -> Result<Self, SourceHttpError> {
+    pub fn new(sc: &SourceConfig, keyring: Option<&Keyring>, limiter: Limiter, limits: LimitsCache) -> Result<Self, SourceHttpError> {
         Self::with_options(sc, keyring, limiter, limits, ClientOptions::default())
     }
 
@@ -324,32 +302,21 @@ impl SourceClient {
         limits: LimitsCache,
         options: ClientOptions,
     ) -> Result<Self, SourceHttpError> {
-        let config_err = |reason: String| SourceHttpError::Config {
-            source_config: sc.id.clone(),
-            reason,
-        };
+        let config_err = |reason: String| SourceHttpError::Config { source_config: sc.id.clone(), reason };
         let vendor = sc.vendor().map_err(|e| config_err(e.to_string()))?;
         let auth_info = sc.auth().map_err(|e| config_err(e.to_string()))?;
-        let creds = sc
-            .credentials(keyring)
-            .map_err(|e| config_err(e.to_string()))?;
+        let creds = sc.credentials(keyring).map_err(|e| config_err(e.to_string()))?;
         let base = base_url(sc, &auth_info).map_err(config_err)?;
 
         // "VerifyTLS": false is the only way to turn verification off; the
         // original read it inverted.
-        let verify_tls = auth_info
-            .get("VerifyTLS")
-            .and_then(serde_json::Value::as_bool)
-            .unwrap_or(true);
+        let verify_tls = auth_info.get("VerifyTLS").and_then(serde_json::Value::as_bool).unwrap_or(true);
         if !verify_tls {
             tracing::warn!(source_config = %sc.id, "TLS certificate verification is off for this source (AuthInfo VerifyTLS=false)");
         }
         let mut default_headers = HeaderMap::new();
         if vendor == Vendor::Qualys {
-            default_headers.insert(
-                HeaderName::from_static("x-requested-with"),
-                HeaderValue::from_static("Aegis"),
-            );
+            default_headers.insert(HeaderName::from_static("x-requested-with"), HeaderValue::from_static("Aegis"));
         }
         let http = reqwest::Client::builder()
             .user_agent(concat!("aegis/", env!("CARGO_PKG_VERSION")))
@@ -358,35 +325,18 @@ impl SourceClient {
             .read_timeout(options.read_timeout)
             .danger_accept_invalid_certs(!verify_tls)
             .build()
-            .map_err(|e| {
-                config_err(format!("cannot build the HTTP client: {}", e.without_url()))
-            })?;
+            .map_err(|e| config_err(format!("cannot build the HTTP client: {}", e.without_url())))?;
 
         let auth = match vendor {
-            Vendor::Jira if creds.username.is_empty() && !creds.token.is_empty() => {
-                Auth::Bearer(creds.token)
+            Vendor::Jira if creds.username.is_empty() && !creds.token.is_empty() => Auth::Bearer(creds.token),
+            Vendor::Jira if creds.password.is_empty() && !creds.token.is_empty() => {
+                Auth::Basic { username: creds.username, password: creds.token }
             }
-            Vendor::Jira if creds.password.is_empty() && !creds.token.is_empty() => Auth::Basic {
-                username: creds.username,
-                password: creds.token,
-            },
             _ if creds.username.is_empty() => Auth::None,
-            _ => Auth::Basic {
-                username: creds.username,
-                password: creds.password,
-            },
+            _ => Auth::Basic { username: creds.username, password: creds.password },
         };
         Ok(SourceClient {
-            inner: Arc::new(ClientInner {
-                http,
-                base,
-                source_config_id: sc.id.clone(),
-                vendor,
-                auth,
-                limiter,
-                limits,
-                options,
-            }),
+            inner: Arc::new(ClientInner { http, base, source_config_id: sc.id.clone(), vendor, auth, limiter, limits, options }),
         })
     }
 
@@ -399,11 +349,7 @@ impl SourceClient {
     }
 
     /// `GET path`; `path_template` is what spans and metrics show.
-    pub async fn get(
-        &self,
-        path_template: &str,
-        path: &str,
-    ) -> Result<SourceResponse, SourceHttpError> {
+    pub async fn get(&self, path_template: &str, path: &str) -> Result<SourceResponse, SourceHttpError> {
         self.send(RequestSpec::get(path_template, path)).await
     }
 
@@ -449,9 +395,7 @@ impl SourceClient {
             span.record("limiter_wait_ms", waited.as_secs_f64() * 1000.0);
             span.record("attempts", attempt);
             if let Some(m) = METRICS.as_ref() {
-                m.wait
-                    .with_label_values(&[id])
-                    .observe(permit.waited().as_secs_f64());
+                m.wait.with_label_values(&[id]).observe(permit.waited().as_secs_f64());
             }
             let in_flight = InFlight::start(id);
 
@@ -459,41 +403,26 @@ impl SourceClient {
             let sent_at = SystemTime::now();
             let result = self.request(&spec, url.clone()).send().await;
             if let Some(m) = METRICS.as_ref() {
-                m.duration
-                    .with_label_values(&[id])
-                    .observe(sent.elapsed().as_secs_f64());
+                m.duration.with_label_values(&[id]).observe(sent.elapsed().as_secs_f64());
             }
             let last = attempt >= attempts_allowed;
             match result {
                 Ok(response) => {
                     let status = response.status();
                     if let Some(m) = METRICS.as_ref() {
-                        m.requests
-                            .with_label_values(&[id, spec.method.as_str(), status.as_str()])
-                            .inc();
+                        m.requests.with_label_values(&[id, spec.method.as_str(), status.as_str()]).inc();
                     }
-                    let pause = pause_hint(
-                        status,
-                        response.headers(),
-                        SystemTime::now(),
-                        inner.options.max_pause,
-                    );
+                    let pause = pause_hint(status, response.headers(), SystemTime::now(), inner.options.max_pause);
                     let mut paused_fleet = false;
                     if let Some(pause) = pause {
                         match inner.limiter.pause(&limits.limit_key, pause).await {
                             Ok(()) => paused_fleet = true,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "could not pause the source fleet-wide")
-                            }
+                            Err(e) => tracing::warn!(error = %e, "could not pause the source fleet-wide"),
                         }
                     }
                     let retry = idempotent && !last && retryable_status(status, pause.is_some());
                     if retry {
-                        tracing::info!(
-                            status = status.as_u16(),
-                            attempt,
-                            "retrying after a retryable status"
-                        );
+                        tracing::info!(status = status.as_u16(), attempt, "retrying after a retryable status");
                         if let Some(m) = METRICS.as_ref() {
                             m.retries.with_label_values(&[id]).inc();
                         }
@@ -535,15 +464,11 @@ impl SourceClient {
                         "transport"
                     };
                     if let Some(m) = METRICS.as_ref() {
-                        m.requests
-                            .with_label_values(&[id, spec.method.as_str(), "error"])
-                            .inc();
+                        m.requests.with_label_values(&[id, spec.method.as_str(), "error"]).inc();
                     }
                     // A connect error means nothing was sent, so even a POST
                     // can go again; other failures only for idempotent requests.
-                    let retry = !last
-                        && (e.is_connect()
-                            || (idempotent && (e.is_timeout() || e.is_request() || e.is_body())));
+                    let retry = !last && (e.is_connect() || (idempotent && (e.is_timeout() || e.is_request() || e.is_body())));
                     drop(in_flight);
                     drop(permit);
                     if retry {
@@ -600,10 +525,7 @@ impl SourceClient {
     /// Full jitter: a random time up to `min(cap, base × 2^(attempt-1))`.
     fn backoff(&self, attempt: u32) -> Duration {
         let o = &self.inner.options;
-        let ceiling = o
-            .backoff_base
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
-            .min(o.backoff_cap);
+        let ceiling = o.backoff_base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16)).min(o.backoff_cap);
         ceiling.mul_f64(rand::thread_rng().gen_range(0.0..=1.0))
     }
 
@@ -619,10 +541,7 @@ impl SourceClient {
 
 /// The source's base URL: `Address` (or AuthInfo `Host`), with `Port` when the
 /// address has none.
-fn base_url(
-    sc: &SourceConfig,
-    auth: &serde_json::Map<String, serde_json::Value>,
-) -> Result<Url, String> {
+fn base_url(sc: &SourceConfig, auth: &serde_json::Map<String, serde_json::Value>) -> Result<Url, String> {
     let address = sc
         .address
         .as_deref()
@@ -630,26 +549,18 @@ fn base_url(
         .or_else(|| auth.get("Host").and_then(serde_json::Value::as_str))
         .map(str::trim)
         .ok_or_else(|| "has no Address".to_string())?;
-    let mut url =
-        Url::parse(address).map_err(|e| format!("Address {address:?} is not a URL ({e})"))?;
+    let mut url = Url::parse(address).map_err(|e| format!("Address {address:?} is not a URL ({e})"))?;
     if url.scheme() != "http" && url.scheme() != "https" {
-        return Err(format!(
-            "Address {address:?} must start with https:// or http://"
-        ));
+        return Err(format!("Address {address:?} must start with https:// or http://"));
     }
     let port = sc
         .port
         .as_deref()
         .and_then(|p| p.trim().parse::<u16>().ok())
-        .or_else(|| {
-            auth.get("Port")
-                .and_then(serde_json::Value::as_u64)
-                .and_then(|p| u16::try_from(p).ok())
-        })
+        .or_else(|| auth.get("Port").and_then(serde_json::Value::as_u64).and_then(|p| u16::try_from(p).ok()))
         .filter(|p| *p > 0);
     if let (None, Some(port)) = (url.port(), port) {
-        url.set_port(Some(port))
-            .map_err(|_| format!("Address {address:?} cannot take a port"))?;
+        url.set_port(Some(port)).map_err(|_| format!("Address {address:?} cannot take a port"))?;
     }
     Ok(url)
 }
@@ -677,31 +588,18 @@ impl Drop for InFlight {
 /// Statuses worth another attempt; `rate_limited` marks a vendor rate-limit
 /// signal (a Qualys 409 with `X-RateLimit-ToWait-Sec`).
 fn retryable_status(status: StatusCode, rate_limited: bool) -> bool {
-    matches!(status.as_u16(), 408 | 425 | 429 | 500 | 502 | 503 | 504)
-        || (status == StatusCode::CONFLICT && rate_limited)
+    matches!(status.as_u16(), 408 | 425 | 429 | 500 | 502 | 503 | 504) || (status == StatusCode::CONFLICT && rate_limited)
 }
 
 /// How long the vendor asks the whole fleet to hold off, from:
 /// `Retry-After` (seconds or HTTP date) on 429 and 503; Qualys
 /// `X-RateLimit-ToWait-Sec` > 0 on any response; JIRA `X-RateLimit-Reset` (an
 /// ISO 8601 time) on a 429 or when `X-RateLimit-Remaining` is 0. Capped at `max`.
-pub fn pause_hint(
-    status: StatusCode,
-    headers: &HeaderMap,
-    now: SystemTime,
-    max: Duration,
-) -> Option<Duration> {
-    let text = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-    };
+pub fn pause_hint(status: StatusCode, headers: &HeaderMap, now: SystemTime, max: Duration) -> Option<Duration> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty());
     let until = |t: SystemTime| t.duration_since(now).unwrap_or(Duration::ZERO);
     let mut hint: Option<Duration> = None;
-    let rate_limited =
-        status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE;
+    let rate_limited = status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE;
     if rate_limited {
         if let Some(v) = text("retry-after") {
             hint = match v.parse::<u64>() {
@@ -710,10 +608,7 @@ pub fn pause_hint(
             };
         }
     }
-    if let Some(secs) = text("x-ratelimit-towait-sec")
-        .and_then(|v| v.parse::<u64>().ok())
-        .filter(|s| *s > 0)
-    {
+    if let Some(secs) = text("x-ratelimit-towait-sec").and_then(|v| v.parse::<u64>().ok()).filter(|s| *s > 0) {
         hint = hint.max(Some(Duration::from_secs(secs)));
     }
     let exhausted = text("x-ratelimit-remaining").and_then(|v| v.parse::<i64>().ok()) == Some(0);
@@ -808,12 +703,7 @@ impl SourceResponse {
         if self.status().is_success() {
             Ok(self)
         } else {
-            Err(SourceHttpError::Status {
-                source_config: self.source_config,
-                method: self.method,
-                path: self.path,
-                status: self.response.status(),
-            })
+            Err(SourceHttpError::Status { source_config: self.source_config, method: self.method, path: self.path, status: self.response.status() })
         }
     }
 
@@ -827,25 +717,12 @@ impl SourceResponse {
 
     /// The whole body; the permit is released afterwards.
     pub async fn bytes(self) -> Result<Bytes, SourceHttpError> {
-        let SourceResponse {
-            response,
-            permit,
-            _in_flight,
-            source_config,
-            method,
-            path,
-            ..
-        } = self;
+        let SourceResponse { response, permit, _in_flight, source_config, method, path, .. } = self;
         let body = response.bytes().await;
         drop(permit);
         body.map_err(|e| {
             count_error(&source_config, "body");
-            SourceHttpError::Body {
-                source_config,
-                method,
-                path,
-                source: e.without_url(),
-            }
+            SourceHttpError::Body { source_config, method, path, source: e.without_url() }
         })
     }
 
@@ -856,31 +733,17 @@ impl SourceResponse {
 
     /// The body as JSON; garbage fails with [`SourceHttpError::Decode`].
     pub async fn json<T: serde::de::DeserializeOwned>(self) -> Result<T, SourceHttpError> {
-        let (source_config, method, path) = (
-            self.source_config.clone(),
-            self.method.clone(),
-            self.path.clone(),
-        );
+        let (source_config, method, path) = (self.source_config.clone(), self.method.clone(), self.path.clone());
         let bytes = self.bytes().await?;
         serde_json::from_slice(&bytes).map_err(|source| {
             count_error(&source_config, "decode");
-            SourceHttpError::Decode {
-                source_config,
-                method,
-                path,
-                source,
-            }
+            SourceHttpError::Decode { source_config, method, path, source }
         })
     }
 
     fn body_error(&self, e: reqwest::Error) -> SourceHttpError {
         count_error(&self.source_config, "body");
-        SourceHttpError::Body {
-            source_config: self.source_config.clone(),
-            method: self.method.clone(),
-            path: self.path.clone(),
-            source: e.without_url(),
-        }
+        SourceHttpError::Body { source_config: self.source_config.clone(), method: self.method.clone(), path: self.path.clone(), source: e.without_url() }
     }
 }
 
@@ -912,11 +775,7 @@ impl Summary {
             let i = ((ms.len() as f64 - 1.0) * q).round() as usize;
             ms[i.min(ms.len() - 1)]
         };
-        Summary {
-            p50_ms: at(0.5),
-            p99_ms: at(0.99),
-            max_ms: ms.last().copied().unwrap_or(0.0),
-        }
+        Summary { p50_ms: at(0.5), p99_ms: at(0.99), max_ms: ms.last().copied().unwrap_or(0.0) }
     }
 }
 
@@ -947,15 +806,8 @@ pub struct ProbeReport {
 /// endpoint, through `client` (so through the fleet-wide limit), concurrently,
 /// and reports latency, limiter waits and statuses. Failed requests are counted,
 /// not returned as errors.
-pub async fn probe(
-    client: &SourceClient,
-    requests: u32,
-    path: Option<&str>,
-) -> Result<ProbeReport, SourceHttpError> {
-    let path = path
-        .filter(|p| !p.trim().is_empty())
-        .unwrap_or(health_path(client.vendor()))
-        .to_string();
+pub async fn probe(client: &SourceClient, requests: u32, path: Option<&str>) -> Result<ProbeReport, SourceHttpError> {
+    let path = path.filter(|p| !p.trim().is_empty()).unwrap_or(health_path(client.vendor())).to_string();
     if requests == 0 || requests > 1000 {
         return Err(SourceHttpError::Config {
             source_config: client.source_config_id().to_string(),
@@ -972,12 +824,7 @@ pub async fn probe(
                 let status = response.status().as_u16();
                 let global = response.permit_is_global();
                 response.bytes().await?;
-                Ok::<_, SourceHttpError>((
-                    status,
-                    wait,
-                    started.elapsed().saturating_sub(wait),
-                    global,
-                ))
+                Ok::<_, SourceHttpError>((status, wait, started.elapsed().saturating_sub(wait), global))
             }
         })
         .buffer_unordered(64)
@@ -1031,10 +878,7 @@ mod tests {
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.insert(
-                HeaderName::from_static(k),
-                HeaderValue::from_str(v).expect("header"),
-            );
+            h.insert(HeaderName::from_static(k), HeaderValue::from_str(v).expect("header"));
         }
         h
     }
@@ -1045,90 +889,43 @@ mod tests {
     fn retry_after_in_seconds_or_http_date_pauses_on_429_and_503() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480); // Wed, 21 Oct 2015 07:28:00 GMT
         let h = headers(&[("retry-after", "2")]);
-        assert_eq!(
-            pause_hint(StatusCode::TOO_MANY_REQUESTS, &h, now, MAX),
-            Some(Duration::from_secs(2))
-        );
-        assert_eq!(
-            pause_hint(StatusCode::SERVICE_UNAVAILABLE, &h, now, MAX),
-            Some(Duration::from_secs(2))
-        );
-        assert_eq!(
-            pause_hint(StatusCode::OK, &h, now, MAX),
-            None,
-            "Retry-After on a 200 is not a rate limit"
-        );
+        assert_eq!(pause_hint(StatusCode::TOO_MANY_REQUESTS, &h, now, MAX), Some(Duration::from_secs(2)));
+        assert_eq!(pause_hint(StatusCode::SERVICE_UNAVAILABLE, &h, now, MAX), Some(Duration::from_secs(2)));
+        assert_eq!(pause_hint(StatusCode::OK, &h, now, MAX), None, "Retry-After on a 200 is not a rate limit");
         let h = headers(&[("retry-after", "Wed, 21 Oct 2015 07:28:30 GMT")]);
-        assert_eq!(
-            pause_hint(StatusCode::TOO_MANY_REQUESTS, &h, now, MAX),
-            Some(Duration::from_secs(30))
-        );
+        assert_eq!(pause_hint(StatusCode::TOO_MANY_REQUESTS, &h, now, MAX), Some(Duration::from_secs(30)));
         let h = headers(&[("retry-after", "Wed, 21 Oct 2015 07:27:00 GMT")]);
-        assert_eq!(
-            pause_hint(StatusCode::TOO_MANY_REQUESTS, &h, now, MAX),
-            None,
-            "a date in the past is no pause"
-        );
+        assert_eq!(pause_hint(StatusCode::TOO_MANY_REQUESTS, &h, now, MAX), None, "a date in the past is no pause");
         let h = headers(&[("retry-after", "soon")]);
-        assert_eq!(
-            pause_hint(StatusCode::TOO_MANY_REQUESTS, &h, now, MAX),
-            None
-        );
+        assert_eq!(pause_hint(StatusCode::TOO_MANY_REQUESTS, &h, now, MAX), None);
         let h = headers(&[("retry-after", "999999")]);
-        assert_eq!(
-            pause_hint(StatusCode::TOO_MANY_REQUESTS, &h, now, MAX),
-            Some(MAX)
-        );
+        assert_eq!(pause_hint(StatusCode::TOO_MANY_REQUESTS, &h, now, MAX), Some(MAX));
     }
 
     #[test]
     fn qualys_and_jira_rate_limit_headers_pause() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_715_001_900); // 2024-05-06T13:25:00Z
-        let h = headers(&[
-            ("x-ratelimit-towait-sec", "7"),
-            ("x-ratelimit-remaining", "0"),
-        ]);
-        assert_eq!(
-            pause_hint(StatusCode::CONFLICT, &h, now, MAX),
-            Some(Duration::from_secs(7))
-        );
+        let h = headers(&[("x-ratelimit-towait-sec", "7"), ("x-ratelimit-remaining", "0")]);
+        assert_eq!(pause_hint(StatusCode::CONFLICT, &h, now, MAX), Some(Duration::from_secs(7)));
         assert!(retryable_status(StatusCode::CONFLICT, true));
         assert!(!retryable_status(StatusCode::CONFLICT, false));
         let h = headers(&[("x-ratelimit-towait-sec", "0")]);
         assert_eq!(pause_hint(StatusCode::OK, &h, now, MAX), None);
         let h = headers(&[("x-ratelimit-reset", "2024-05-06T13:26Z")]);
-        assert_eq!(
-            pause_hint(StatusCode::TOO_MANY_REQUESTS, &h, now, MAX),
-            Some(Duration::from_secs(60))
-        );
-        let h = headers(&[
-            ("x-ratelimit-reset", "2024-05-06T13:25:10Z"),
-            ("x-ratelimit-remaining", "0"),
-        ]);
-        assert_eq!(
-            pause_hint(StatusCode::OK, &h, now, MAX),
-            Some(Duration::from_secs(10))
-        );
-        let h = headers(&[
-            ("x-ratelimit-reset", "2024-05-06T13:25:10Z"),
-            ("x-ratelimit-remaining", "5"),
-        ]);
+        assert_eq!(pause_hint(StatusCode::TOO_MANY_REQUESTS, &h, now, MAX), Some(Duration::from_secs(60)));
+        let h = headers(&[("x-ratelimit-reset", "2024-05-06T13:25:10Z"), ("x-ratelimit-remaining", "0")]);
+        assert_eq!(pause_hint(StatusCode::OK, &h, now, MAX), Some(Duration::from_secs(10)));
+        let h = headers(&[("x-ratelimit-reset", "2024-05-06T13:25:10Z"), ("x-ratelimit-remaining", "5")]);
         assert_eq!(pause_hint(StatusCode::OK, &h, now, MAX), None);
     }
 
     #[test]
     fn only_transient_statuses_are_retried() {
         for s in [408, 425, 429, 500, 502, 503, 504] {
-            assert!(
-                retryable_status(StatusCode::from_u16(s).expect("status"), false),
-                "{s}"
-            );
+            assert!(retryable_status(StatusCode::from_u16(s).expect("status"), false), "{s}");
         }
         for s in [301, 400, 401, 403, 404, 409, 422] {
-            assert!(
-                !retryable_status(StatusCode::from_u16(s).expect("status"), false),
-                "{s}"
-            );
+            assert!(!retryable_status(StatusCode::from_u16(s).expect("status"), false), "{s}");
         }
     }
 
@@ -1137,8 +934,6 @@ mod tests {
         assert!(RequestSpec::get("/a", "/a").is_idempotent());
         assert!(RequestSpec::new(Method::PUT, "/a", "/a").is_idempotent());
         assert!(!RequestSpec::new(Method::POST, "/a", "/a").is_idempotent());
-        assert!(RequestSpec::new(Method::POST, "/a", "/a")
-            .idempotent(true)
-            .is_idempotent());
+        assert!(RequestSpec::new(Method::POST, "/a", "/a").idempotent(true).is_idempotent());
     }
 }

@@ -75,9 +75,7 @@ impl Recorder {
             scripted: Mutex::new(Vec::new()),
             holds_released: tx,
         });
-        let app = axum::Router::new()
-            .fallback(handle)
-            .with_state(Arc::clone(&shared));
+        let app = axum::Router::new().fallback(handle).with_state(Arc::clone(&shared));
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -113,13 +111,7 @@ impl Recorder {
     }
 }
 
-async fn handle(
-    State(s): State<Arc<Shared>>,
-    uri: Uri,
-    Query(p): Query<Params>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
+async fn handle(State(s): State<Arc<Shared>>, uri: Uri, Query(p): Query<Params>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     let start = s.epoch.elapsed();
     let in_flight = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     let scripted = {
@@ -137,29 +129,17 @@ async fn handle(
             end: None,
             in_flight,
             path: uri.path().to_string(),
-            probe: headers
-                .get("x-probe-id")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string(),
-            seq: headers
-                .get("x-request-seq")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0),
+            probe: headers.get("x-probe-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string(),
+            seq: headers.get("x-request-seq").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0),
             status: 200,
-            authorization: headers
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
+            authorization: headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string),
             body: body.to_vec(),
         });
         hits.len() - 1
     };
     if uri.path() == "/hold" {
         let mut rx = s.holds_released.subscribe();
-        let _ =
-            tokio::time::timeout(Duration::from_secs(120), rx.wait_for(|released| *released)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(120), rx.wait_for(|released| *released)).await;
     } else if let Some(ms) = p.ms {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
@@ -167,18 +147,11 @@ async fn handle(
         Some((status, retry_after)) => {
             let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             match retry_after {
-                Some(secs) => {
-                    (code, [("retry-after", secs.to_string())], "slow down").into_response()
-                }
+                Some(secs) => (code, [("retry-after", secs.to_string())], "slow down").into_response(),
                 None => (code, "scripted").into_response(),
             }
         }
-        None => (
-            StatusCode::OK,
-            [("content-type", "application/json")],
-            "{\"ok\":true}",
-        )
-            .into_response(),
+        None => (StatusCode::OK, [("content-type", "application/json")], "{\"ok\":true}").into_response(),
     };
     {
         let mut hits = lock(&s.hits);
@@ -193,10 +166,7 @@ async fn handle(
 
 /// Pairs of consecutive starts closer than `min_gap`.
 pub fn spacing_violations(hits: &[Hit], min_gap: Duration) -> Vec<(Duration, Duration)> {
-    hits.windows(2)
-        .filter(|w| w[1].start - w[0].start < min_gap)
-        .map(|w| (w[0].start, w[1].start))
-        .collect()
+    hits.windows(2).filter(|w| w[1].start - w[0].start < min_gap).map(|w| (w[0].start, w[1].start)).collect()
 }
 
 pub fn max_in_flight(hits: &[Hit]) -> u32 {
@@ -206,19 +176,13 @@ pub fn max_in_flight(hits: &[Hit]) -> u32 {
 /// Starts per second between the first and the last start of `hits`.
 pub fn start_rate(hits: &[Hit]) -> f64 {
     match (hits.first(), hits.last()) {
-        (Some(a), Some(b)) if hits.len() > 1 && b.start > a.start => {
-            (hits.len() - 1) as f64 / (b.start - a.start).as_secs_f64()
-        }
+        (Some(a), Some(b)) if hits.len() > 1 && b.start > a.start => (hits.len() - 1) as f64 / (b.start - a.start).as_secs_f64(),
         _ => 0.0,
     }
 }
 
 /// Inserts a JIRA SourceConfig with the given AuthInfo limits; returns its ID.
-pub async fn insert_source(
-    pool: &MySqlPool,
-    address: &str,
-    auth: serde_json::Value,
-) -> anyhow::Result<String> {
+pub async fn insert_source(pool: &MySqlPool, address: &str, auth: serde_json::Value) -> anyhow::Result<String> {
     let id = uuid::Uuid::new_v4().to_string();
     sqlx::query("INSERT INTO SourceConfig (ID, Source, Address, AuthInfo, Payload) VALUES (?, 'JIRA', ?, ?, '{\"project\":\"VULN\"}')")
         .bind(&id)
@@ -273,21 +237,11 @@ impl ProbeProcess {
             cmd.arg("--database").arg(db).arg("--source-config").arg(id);
         }
         if let Some((address, delay_us, concurrency)) = &args.fixed {
-            cmd.arg("--address")
-                .arg(address)
-                .arg("--delay-us")
-                .arg(delay_us.to_string())
-                .arg("--concurrency")
-                .arg(concurrency.to_string());
+            cmd.arg("--address").arg(address).arg("--delay-us").arg(delay_us.to_string()).arg("--concurrency").arg(concurrency.to_string());
         }
-        cmd.stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).kill_on_drop(true);
         let mut child = cmd.spawn()?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let output = tokio::spawn(async move {
             let mut lines = BufReader::new(stdout).lines();
@@ -306,35 +260,18 @@ impl ProbeProcess {
         });
         tokio::time::timeout(Duration::from_secs(30), ready_rx)
             .await
-            .map_err(|_| {
-                anyhow::anyhow!("limit_probe {name} did not become ready within 30 s")
-            })??;
-        Ok(ProbeProcess {
-            child,
-            name: name.to_string(),
-            output,
-        })
+            .map_err(|_| anyhow::anyhow!("limit_probe {name} did not become ready within 30 s"))??;
+        Ok(ProbeProcess { child, name: name.to_string(), output })
     }
 
     /// Waits for the process to end and returns its JSON summary line.
     pub async fn finish(mut self, timeout: Duration) -> anyhow::Result<serde_json::Value> {
         let status = tokio::time::timeout(timeout, self.child.wait())
             .await
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "limit_probe {} did not finish within {timeout:?}",
-                    self.name
-                )
-            })??;
-        anyhow::ensure!(
-            status.success(),
-            "limit_probe {} exited with {status}",
-            self.name
-        );
+            .map_err(|_| anyhow::anyhow!("limit_probe {} did not finish within {timeout:?}", self.name))??;
+        anyhow::ensure!(status.success(), "limit_probe {} exited with {status}", self.name);
         let lines = (&mut self.output).await?;
-        let last = lines
-            .last()
-            .ok_or_else(|| anyhow::anyhow!("limit_probe {} printed no summary", self.name))?;
+        let last = lines.last().ok_or_else(|| anyhow::anyhow!("limit_probe {} printed no summary", self.name))?;
         Ok(serde_json::from_str(last)?)
     }
 
@@ -354,9 +291,7 @@ pub struct ThrowawayRedis {
 
 impl ThrowawayRedis {
     pub async fn start() -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let mut r = ThrowawayRedis { port, child: None };
         r.restart().await?;
         Ok(r)
@@ -369,40 +304,22 @@ impl ThrowawayRedis {
     /// Starts it (again) on the same port and waits until it answers PING.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-            ])
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()?;
         self.child = Some(child);
         let client = redis::Client::open(self.url())?;
-        crate::eventually(
-            "throwaway redis answers PING",
-            Duration::from_secs(10),
-            || {
-                let client = client.clone();
-                async move {
-                    match client.get_multiplexed_async_connection().await {
-                        Ok(mut con) => Ok(redis::cmd("PING")
-                            .query_async::<String>(&mut con)
-                            .await
-                            .ok()),
-                        Err(_) => Ok(None),
-                    }
+        crate::eventually("throwaway redis answers PING", Duration::from_secs(10), || {
+            let client = client.clone();
+            async move {
+                match client.get_multiplexed_async_connection().await {
+                    Ok(mut con) => Ok(redis::cmd("PING").query_async::<String>(&mut con).await.ok()),
+                    Err(_) => Ok(None),
                 }
-            },
-        )
+            }
+        })
         .await?;
         Ok(())
     }
@@ -420,19 +337,10 @@ impl ThrowawayRedis {
 /// For each pair of `hits` starting closer than `min_gap` at the server, the
 /// same pair's gap when the probes handed them to their connections (from the
 /// probes' `sent_at_us`), to tell the limiter's spacing from delivery jitter.
-pub fn client_gaps(
-    pairs: &[(Duration, Duration)],
-    hits: &[Hit],
-    summaries: &[serde_json::Value],
-) -> Vec<String> {
+pub fn client_gaps(pairs: &[(Duration, Duration)], hits: &[Hit], summaries: &[serde_json::Value]) -> Vec<String> {
     let sent = |probe: &str, seq: u64| -> Option<i128> {
         let s = summaries.iter().find(|s| s["name"] == probe)?;
-        s["sent_at_us"]
-            .as_array()?
-            .iter()
-            .find(|e| e[0].as_u64() == Some(seq))
-            .and_then(|e| e[1].as_i64())
-            .map(i128::from)
+        s["sent_at_us"].as_array()?.iter().find(|e| e[0].as_u64() == Some(seq)).and_then(|e| e[1].as_i64()).map(i128::from)
     };
     pairs
         .iter()
@@ -443,12 +351,7 @@ pub fn client_gaps(
                 (Some(x), Some(y)) => format!("{:.1} ms", (y - x) as f64 / 1000.0),
                 _ => "?".into(),
             };
-            Some(format!(
-                "server gap {:.1} ms ({}→{}), client gap {client}",
-                (*b - *a).as_secs_f64() * 1000.0,
-                ha.probe,
-                hb.probe
-            ))
+            Some(format!("server gap {:.1} ms ({}→{}), client gap {client}", (*b - *a).as_secs_f64() * 1000.0, ha.probe, hb.probe))
         })
         .collect()
 }

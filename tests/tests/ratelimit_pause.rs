@@ -13,8 +13,7 @@ async fn a_429_with_retry_after_pauses_every_process_for_that_long() -> anyhow::
     let rec = Recorder::start().await?;
     let id = insert_source(&db.pool, &rec.base_url(), json!({"Username": "u", "Password": "p", "Delay": 50_000_000u64, "Concurrency": 2, "Retries": 1})).await?;
     let args = ProbeArgs {
-        redis_url: std::env::var("AEGIS_TEST_REDIS_URL")
-            .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into()),
+        redis_url: std::env::var("AEGIS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into()),
         namespace: unique_name("rlpause"),
         database: Some((db.url.clone(), id)),
         fixed: None,
@@ -28,15 +27,10 @@ async fn a_429_with_retry_after_pauses_every_process_for_that_long() -> anyhow::
     for i in 0..3 {
         running.push(ProbeProcess::spawn(bin, &format!("p{i}"), &args).await?);
     }
-    eventually(
-        "every process is sending",
-        Duration::from_secs(10),
-        || async {
-            let probes: std::collections::HashSet<_> =
-                rec.hits().into_iter().map(|h| h.probe).collect();
-            Ok((probes.len() == 3).then_some(()))
-        },
-    )
+    eventually("every process is sending", Duration::from_secs(10), || async {
+        let probes: std::collections::HashSet<_> = rec.hits().into_iter().map(|h| h.probe).collect();
+        Ok((probes.len() == 3).then_some(()))
+    })
     .await?;
     rec.script(429, Some(2));
     for p in running {
@@ -44,16 +38,9 @@ async fn a_429_with_retry_after_pauses_every_process_for_that_long() -> anyhow::
     }
 
     let hits = rec.hits();
-    let i = hits
-        .iter()
-        .position(|h| h.status == 429)
-        .ok_or_else(|| anyhow::anyhow!("no 429 was served"))?;
-    let answered = hits[i]
-        .end
-        .ok_or_else(|| anyhow::anyhow!("the 429 never ended"))?;
-    let next = hits
-        .get(i + 1)
-        .ok_or_else(|| anyhow::anyhow!("nothing was sent after the pause"))?;
+    let i = hits.iter().position(|h| h.status == 429).ok_or_else(|| anyhow::anyhow!("no 429 was served"))?;
+    let answered = hits[i].end.ok_or_else(|| anyhow::anyhow!("the 429 never ended"))?;
+    let next = hits.get(i + 1).ok_or_else(|| anyhow::anyhow!("nothing was sent after the pause"))?;
     // The pause starts when the client has read the 429, after `answered`.
     assert!(
         next.start >= answered + Duration::from_secs(2) - Duration::from_millis(5),
@@ -61,8 +48,7 @@ async fn a_429_with_retry_after_pauses_every_process_for_that_long() -> anyhow::
         next.probe,
         next.start - answered
     );
-    let after: std::collections::HashSet<_> =
-        hits[i + 1..].iter().map(|h| h.probe.clone()).collect();
+    let after: std::collections::HashSet<_> = hits[i + 1..].iter().map(|h| h.probe.clone()).collect();
     assert_eq!(after.len(), 3, "every process resumed after the pause");
     Ok(())
 }

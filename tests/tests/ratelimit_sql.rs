@@ -10,19 +10,12 @@ use aegis_tests::{eventually, unique_name, TestDb};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delay_changed_by_sql_takes_effect_in_every_process_within_five_seconds(
-) -> anyhow::Result<()> {
+async fn a_delay_changed_by_sql_takes_effect_in_every_process_within_five_seconds() -> anyhow::Result<()> {
     let db = TestDb::create().await?;
     let rec = Recorder::start().await?;
-    let id = insert_source(
-        &db.pool,
-        &rec.base_url(),
-        json!({"Username": "u", "Password": "p", "Delay": 200_000_000u64, "Concurrency": 2}),
-    )
-    .await?;
+    let id = insert_source(&db.pool, &rec.base_url(), json!({"Username": "u", "Password": "p", "Delay": 200_000_000u64, "Concurrency": 2})).await?;
     let args = ProbeArgs {
-        redis_url: std::env::var("AEGIS_TEST_REDIS_URL")
-            .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into()),
+        redis_url: std::env::var("AEGIS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into()),
         namespace: unique_name("rlsql"),
         database: Some((db.url.clone(), id.clone())),
         fixed: None,
@@ -36,19 +29,9 @@ async fn a_delay_changed_by_sql_takes_effect_in_every_process_within_five_second
     for i in 0..3 {
         running.push(ProbeProcess::spawn(bin, &format!("p{i}"), &args).await?);
     }
-    eventually(
-        "requests under the old Delay",
-        Duration::from_secs(10),
-        || async { Ok((rec.hits().len() >= 6).then_some(())) },
-    )
-    .await?;
+    eventually("requests under the old Delay", Duration::from_secs(10), || async { Ok((rec.hits().len() >= 6).then_some(())) }).await?;
     let changed_at = rec.now();
-    sqlx::query(
-        "UPDATE SourceConfig SET AuthInfo = JSON_SET(AuthInfo, '$.Delay', 20000000) WHERE ID = ?",
-    )
-    .bind(&id)
-    .execute(&db.pool)
-    .await?;
+    sqlx::query("UPDATE SourceConfig SET AuthInfo = JSON_SET(AuthInfo, '$.Delay', 20000000) WHERE ID = ?").bind(&id).execute(&db.pool).await?;
     for p in running {
         p.finish(Duration::from_secs(30)).await?;
     }
@@ -56,11 +39,7 @@ async fn a_delay_changed_by_sql_takes_effect_in_every_process_within_five_second
     let hits = rec.hits();
     let before: Vec<_> = hits.iter().filter(|h| h.start < changed_at).collect();
     for w in before.windows(2) {
-        assert!(
-            w[1].start - w[0].start >= Duration::from_millis(198),
-            "old Delay violated: {:?}",
-            w[1].start - w[0].start
-        );
+        assert!(w[1].start - w[0].start >= Duration::from_millis(198), "old Delay violated: {:?}", w[1].start - w[0].start);
     }
     let after: Vec<_> = hits.iter().filter(|h| h.start >= changed_at).collect();
     let first_fast = after
@@ -68,17 +47,9 @@ async fn a_delay_changed_by_sql_takes_effect_in_every_process_within_five_second
         .find(|w| w[1].start - w[0].start < Duration::from_millis(100))
         .map(|w| w[1].start)
         .ok_or_else(|| anyhow::anyhow!("the new Delay never took effect"))?;
-    assert!(
-        first_fast - changed_at <= Duration::from_secs(5),
-        "the new Delay took {:?}",
-        first_fast - changed_at
-    );
+    assert!(first_fast - changed_at <= Duration::from_secs(5), "the new Delay took {:?}", first_fast - changed_at);
     for w in after.windows(2) {
-        assert!(
-            w[1].start - w[0].start >= Duration::from_millis(18),
-            "new Delay violated: {:?}",
-            w[1].start - w[0].start
-        );
+        assert!(w[1].start - w[0].start >= Duration::from_millis(18), "new Delay violated: {:?}", w[1].start - w[0].start);
     }
     Ok(())
 }
@@ -86,33 +57,15 @@ async fn a_delay_changed_by_sql_takes_effect_in_every_process_within_five_second
 #[tokio::test]
 async fn a_concurrency_changed_by_sql_is_read_within_five_seconds() -> anyhow::Result<()> {
     let db = TestDb::create().await?;
-    let id = insert_source(
-        &db.pool,
-        "http://127.0.0.1:9",
-        json!({"Username": "u", "Delay": 0}),
-    )
-    .await?;
+    let id = insert_source(&db.pool, "http://127.0.0.1:9", json!({"Username": "u", "Delay": 0})).await?;
     let cache = LimitsCache::new(db.pool.clone());
-    assert_eq!(
-        cache.get(&id).await?.concurrency,
-        None,
-        "a missing Concurrency is reported as missing"
-    );
+    assert_eq!(cache.get(&id).await?.concurrency, None, "a missing Concurrency is reported as missing");
     let changed = Instant::now();
-    sqlx::query(
-        "UPDATE SourceConfig SET AuthInfo = JSON_SET(AuthInfo, '$.Concurrency', 7) WHERE ID = ?",
-    )
-    .bind(&id)
-    .execute(&db.pool)
-    .await?;
-    eventually(
-        "the cache reads Concurrency 7",
-        Duration::from_secs(5),
-        || {
-            let (cache, id) = (cache.clone(), id.clone());
-            async move { Ok((cache.get(&id).await?.concurrency == Some(7)).then_some(())) }
-        },
-    )
+    sqlx::query("UPDATE SourceConfig SET AuthInfo = JSON_SET(AuthInfo, '$.Concurrency', 7) WHERE ID = ?").bind(&id).execute(&db.pool).await?;
+    eventually("the cache reads Concurrency 7", Duration::from_secs(5), || {
+        let (cache, id) = (cache.clone(), id.clone());
+        async move { Ok((cache.get(&id).await?.concurrency == Some(7)).then_some(())) }
+    })
     .await?;
     assert!(changed.elapsed() <= Duration::from_secs(5));
     Ok(())

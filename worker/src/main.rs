@@ -13,8 +13,8 @@
 //! with backoff; running jobs carry on meanwhile.
 
 mod jobs;
-mod runner;
 mod vendors;
+mod runner;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -111,8 +111,7 @@ async fn run() -> anyhow::Result<()> {
         registry: Arc::new(Registry::standard()),
         running: RunningJobs::default(),
         vendors: runner::VendorAccess {
-            limiter: Limiter::new(&settings)
-                .context("setting up the rate limiter (AEGIS_REDIS_URL)")?,
+            limiter: Limiter::new(&settings).context("setting up the rate limiter (AEGIS_REDIS_URL)")?,
             limits: LimitsCache::new(pool.clone()),
         },
     });

@@ -27,10 +27,7 @@ struct State {
 impl LocalLimiter {
     pub(crate) fn new() -> Self {
         LocalLimiter {
-            state: Mutex::new(State {
-                in_flight: 0,
-                next_start: Instant::now(),
-            }),
+            state: Mutex::new(State { in_flight: 0, next_start: Instant::now() }),
             released: Notify::new(),
         }
     }
@@ -38,11 +35,7 @@ impl LocalLimiter {
     /// Waits for a permit under `delay` spacing and `concurrency` held permits.
     /// The permit is given back when the returned guard is dropped, also when
     /// this future is dropped while it waits for its start time.
-    pub(crate) async fn acquire(
-        self: &Arc<Self>,
-        delay: Duration,
-        concurrency: u32,
-    ) -> LocalPermit {
+    pub(crate) async fn acquire(self: &Arc<Self>, delay: Duration, concurrency: u32) -> LocalPermit {
         loop {
             // Register interest before checking, so a release between the check
             // and the wait is not missed.
@@ -61,9 +54,7 @@ impl LocalLimiter {
             };
             match start {
                 Some(start) => {
-                    let permit = LocalPermit {
-                        limiter: Arc::clone(self),
-                    };
+                    let permit = LocalPermit { limiter: Arc::clone(self) };
                     tokio::time::sleep_until(start).await;
                     return permit;
                 }
@@ -86,9 +77,7 @@ impl LocalLimiter {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // The state is two numbers that are always consistent; a panic while
         // holding the lock cannot leave them half-written.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -115,22 +104,12 @@ mod tests {
         let a = limiter.acquire(Duration::from_millis(100), 2).await;
         let b = limiter.acquire(Duration::from_millis(100), 2).await;
         assert!(Instant::now() - t0 >= Duration::from_millis(100));
-        let blocked = tokio::time::timeout(
-            Duration::from_secs(1),
-            limiter.acquire(Duration::from_millis(100), 2),
-        )
-        .await;
-        assert!(
-            blocked.is_err(),
-            "a third permit beyond concurrency 2 was granted"
-        );
+        let blocked = tokio::time::timeout(Duration::from_secs(1), limiter.acquire(Duration::from_millis(100), 2)).await;
+        assert!(blocked.is_err(), "a third permit beyond concurrency 2 was granted");
         drop(a);
-        let _c = tokio::time::timeout(
-            Duration::from_secs(1),
-            limiter.acquire(Duration::from_millis(100), 2),
-        )
-        .await
-        .expect("a released permit is reusable");
+        let _c = tokio::time::timeout(Duration::from_secs(1), limiter.acquire(Duration::from_millis(100), 2))
+            .await
+            .expect("a released permit is reusable");
         drop(b);
     }
 }

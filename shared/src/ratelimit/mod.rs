@@ -60,8 +60,7 @@ const MAX_MISSED_STARTS: u32 = 3;
 /// assumes share a limit.
 pub const FALLBACK_SHARE_VAR: &str = "AEGIS_RATELIMIT_FALLBACK_SHARE";
 
-static SCRIPT: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("script.lua")));
+static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("script.lua")));
 
 /// Why a permit could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -75,10 +74,7 @@ pub enum LimitError {
     #[error("AEGIS_REDIS_URL {url:?} is not a valid Redis URL: {reason}")]
     BadUrl { url: String, reason: String },
     #[error("{setting}: {reason}")]
-    BadSetting {
-        setting: &'static str,
-        reason: String,
-    },
+    BadSetting { setting: &'static str, reason: String },
     #[error("Redis at {url}: {source}")]
     Redis {
         url: String,
@@ -161,11 +157,7 @@ pub struct LimitKeys {
 impl LimitKeys {
     /// `{namespace.}aegis:rl:{<limit key>}:tat|leases|pause`.
     pub fn new(namespace: &str, limit_key: &str) -> Self {
-        let prefix = if namespace.is_empty() {
-            String::new()
-        } else {
-            format!("{namespace}.")
-        };
+        let prefix = if namespace.is_empty() { String::new() } else { format!("{namespace}.") };
         let base = format!("{prefix}aegis:rl:{{{limit_key}}}");
         LimitKeys {
             tat: format!("{base}:tat"),
@@ -206,10 +198,7 @@ pub enum Grant {
     /// Start in `wait` (zero: now); the lease is held.
     Granted { wait: Duration },
     /// Not now; ask again after `retry_after`.
-    Denied {
-        retry_after: Duration,
-        reason: DenyReason,
-    },
+    Denied { retry_after: Duration, reason: DenyReason },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -239,63 +228,36 @@ static METRICS: LazyLock<Option<Metrics>> = LazyLock::new(|| {
     Some(Metrics {
         fallback: register(
             IntGaugeVec::new(
-                Opts::new(
-                    "aegis_ratelimit_fallback",
-                    "1 while this process limits the key locally because Redis is unreachable",
-                ),
+                Opts::new("aegis_ratelimit_fallback", "1 while this process limits the key locally because Redis is unreachable"),
                 label,
             )
             .ok()?,
         ),
         wait: register(
             HistogramVec::new(
-                HistogramOpts::new(
-                    "aegis_ratelimit_wait_seconds",
-                    "Time from asking for a permit to the permitted start",
-                )
-                .buckets(vec![
-                    0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0,
-                ]),
+                HistogramOpts::new("aegis_ratelimit_wait_seconds", "Time from asking for a permit to the permitted start")
+                    .buckets(vec![0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0]),
                 label,
             )
             .ok()?,
         ),
         redis_errors: register(
-            IntCounterVec::new(
-                Opts::new(
-                    "aegis_ratelimit_redis_errors_total",
-                    "Limiter calls to Redis that failed",
-                ),
-                label,
-            )
-            .ok()?,
+            IntCounterVec::new(Opts::new("aegis_ratelimit_redis_errors_total", "Limiter calls to Redis that failed"), label).ok()?,
         ),
         pauses: register(
-            IntCounterVec::new(
-                Opts::new(
-                    "aegis_ratelimit_pauses_total",
-                    "Fleet-wide pauses set from vendor rate-limit signals",
-                ),
-                label,
-            )
-            .ok()?,
+            IntCounterVec::new(Opts::new("aegis_ratelimit_pauses_total", "Fleet-wide pauses set from vendor rate-limit signals"), label)
+                .ok()?,
         ),
         missed_starts: register(
             IntCounterVec::new(
-                Opts::new(
-                    "aegis_ratelimit_missed_starts_total",
-                    "Reserved starts given up because this process woke too late for them",
-                ),
+                Opts::new("aegis_ratelimit_missed_starts_total", "Reserved starts given up because this process woke too late for them"),
                 label,
             )
             .ok()?,
         ),
         leases_lost: register(
             IntCounterVec::new(
-                Opts::new(
-                    "aegis_ratelimit_leases_lost_total",
-                    "Leases that expired while their request still ran (lease TTL too short)",
-                ),
+                Opts::new("aegis_ratelimit_leases_lost_total", "Leases that expired while their request still ran (lease TTL too short)"),
                 label,
             )
             .ok()?,
@@ -362,12 +324,7 @@ const CLOCK_WINDOW: Duration = Duration::from_secs(5);
 impl RedisClock {
     fn new() -> Self {
         let now = Instant::now();
-        RedisClock {
-            base: now,
-            best: None,
-            previous_best: None,
-            window_start: now,
-        }
+        RedisClock { base: now, best: None, previous_best: None, window_start: now }
     }
 
     /// Records one reply and returns the local instant of the start `wait`
@@ -400,30 +357,16 @@ impl Limiter {
     /// The limiter of a process: `AEGIS_REDIS_URL`, `AEGIS_NAMESPACE`, and
     /// [`LimiterOptions::from_env`]. Does not connect yet.
     pub fn new(settings: &Settings) -> Result<Self, LimitError> {
-        Self::with_options(
-            &settings.redis_url,
-            &settings.namespace,
-            LimiterOptions::from_env()?,
-        )
+        Self::with_options(&settings.redis_url, &settings.namespace, LimiterOptions::from_env()?)
     }
 
     /// A limiter with explicit options. Does not connect yet: a Redis that is
     /// down at start-up means the local fallback, not a failed start.
-    pub fn with_options(
-        redis_url: &str,
-        namespace: &str,
-        options: LimiterOptions,
-    ) -> Result<Self, LimitError> {
+    pub fn with_options(redis_url: &str, namespace: &str, options: LimiterOptions) -> Result<Self, LimitError> {
         let url = crate::db::redact_url(redis_url);
-        let client = redis::Client::open(redis_url).map_err(|e| LimitError::BadUrl {
-            url: url.clone(),
-            reason: e.to_string(),
-        })?;
+        let client = redis::Client::open(redis_url).map_err(|e| LimitError::BadUrl { url: url.clone(), reason: e.to_string() })?;
         if options.fallback_share == 0 {
-            return Err(LimitError::BadSetting {
-                setting: FALLBACK_SHARE_VAR,
-                reason: "must be at least 1".into(),
-            });
+            return Err(LimitError::BadSetting { setting: FALLBACK_SHARE_VAR, reason: "must be at least 1".into() });
         }
         Ok(Limiter {
             inner: Arc::new(Inner {
@@ -432,10 +375,7 @@ impl Limiter {
                 namespace: namespace.to_string(),
                 options,
                 connection: tokio::sync::Mutex::new(None),
-                health: Mutex::new(Health {
-                    down_since: None,
-                    last_try: None,
-                }),
+                health: Mutex::new(Health { down_since: None, last_try: None }),
                 clock: Mutex::new(RedisClock::new()),
                 locals: Mutex::new(HashMap::new()),
                 warned_default: Mutex::new(HashSet::new()),
@@ -462,8 +402,7 @@ impl Limiter {
     pub async fn acquire(&self, limits: &SourceLimits) -> Result<Permit, LimitError> {
         let missing_concurrency = limits.concurrency.is_none();
         let limits = EffectiveLimits::from_limits(limits);
-        if missing_concurrency && lock(&self.inner.warned_default).insert(limits.limit_key.clone())
-        {
+        if missing_concurrency && lock(&self.inner.warned_default).insert(limits.limit_key.clone()) {
             tracing::warn!(
                 limit_key = %limits.limit_key,
                 "AuthInfo has no Concurrency; allowing {DEFAULT_CONCURRENCY} request(s) in flight across the fleet. Set \"Concurrency\" in AuthInfo to change it"
@@ -497,8 +436,7 @@ impl Limiter {
                             // start also holds for it. The check runs shortly before
                             // the start, so its round trip does not delay the start
                             // (that delay would be jitter against the spacing).
-                            if wait > PAUSE_CHECK_LEAD && start > Instant::now() + PAUSE_CHECK_LEAD
-                            {
+                            if wait > PAUSE_CHECK_LEAD && start > Instant::now() + PAUSE_CHECK_LEAD {
                                 tokio::time::sleep_until(start - PAUSE_CHECK_LEAD).await;
                                 let call = Instant::now();
                                 let paused = self.paused(&keys, &limits.limit_key).await;
@@ -524,14 +462,10 @@ impl Limiter {
                             // A caller that wakes (or got its reply) much later than
                             // its reserved start would go out too close to the next
                             // caller's start: it gives the slot up and takes a new one.
-                            if Instant::now().saturating_duration_since(start) > MAX_LATENESS
-                                && missed < MAX_MISSED_STARTS
-                            {
+                            if Instant::now().saturating_duration_since(start) > MAX_LATENESS && missed < MAX_MISSED_STARTS {
                                 missed += 1;
                                 if let Some(m) = METRICS.as_ref() {
-                                    m.missed_starts
-                                        .with_label_values(&[&limits.limit_key])
-                                        .inc();
+                                    m.missed_starts.with_label_values(&[&limits.limit_key]).inc();
                                 }
                                 drop(permit);
                                 continue;
@@ -543,10 +477,7 @@ impl Limiter {
                             observe_wait(&limits.limit_key, permit.waited);
                             return Ok(permit);
                         }
-                        Grant::Denied {
-                            retry_after,
-                            reason,
-                        } => {
+                        Grant::Denied { retry_after, reason } => {
                             let now = Instant::now();
                             if now >= deadline {
                                 return Err(LimitError::WaitTooLong {
@@ -556,14 +487,10 @@ impl Limiter {
                                 });
                             }
                             let base = match reason {
-                                DenyReason::ConcurrencyFull => {
-                                    retry_after.min(self.inner.options.concurrency_poll)
-                                }
+                                DenyReason::ConcurrencyFull => retry_after.min(self.inner.options.concurrency_poll),
                                 // Re-check at least every second so a changed
                                 // limit or a lifted pause is seen.
-                                DenyReason::Paused | DenyReason::QueueTooLong => {
-                                    retry_after.min(Duration::from_secs(1))
-                                }
+                                DenyReason::Paused | DenyReason::QueueTooLong => retry_after.min(Duration::from_secs(1)),
                             };
                             let sleep = jitter(base).min(deadline - now);
                             tokio::time::sleep(sleep).await;
@@ -577,22 +504,12 @@ impl Limiter {
     /// Runs the script's `acquire` once: the building block of
     /// [`Limiter::acquire`], public for tests of the script's edge cases. A
     /// granted lease is `lease_id`; release it with [`Limiter::release_lease`].
-    pub async fn try_grant(
-        &self,
-        keys: &LimitKeys,
-        limits: &EffectiveLimits,
-        lease_id: &str,
-    ) -> Result<Grant, LimitError> {
+    pub async fn try_grant(&self, keys: &LimitKeys, limits: &EffectiveLimits, lease_id: &str) -> Result<Grant, LimitError> {
         Ok(self.grant_timed(keys, limits, lease_id).await?.0)
     }
 
     /// [`Limiter::try_grant`], plus the local instant a granted start maps to.
-    async fn grant_timed(
-        &self,
-        keys: &LimitKeys,
-        limits: &EffectiveLimits,
-        lease_id: &str,
-    ) -> Result<(Grant, Instant), LimitError> {
+    async fn grant_timed(&self, keys: &LimitKeys, limits: &EffectiveLimits, lease_id: &str) -> Result<(Grant, Instant), LimitError> {
         let ttl_ms = duration_ms(self.inner.options.lease_ttl).max(1);
         let ahead_us = u64::try_from(self.inner.options.max_ahead.as_micros()).unwrap_or(u64::MAX);
         let mut inv = SCRIPT.prepare_invoke();
@@ -610,18 +527,9 @@ impl Limiter {
         let micros = Duration::from_micros(u64::try_from(reply.1).unwrap_or(0));
         let grant = match reply {
             (1, _, _, _) => Grant::Granted { wait: micros },
-            (_, _, 1, _) => Grant::Denied {
-                retry_after: micros,
-                reason: DenyReason::Paused,
-            },
-            (_, _, 3, _) => Grant::Denied {
-                retry_after: micros,
-                reason: DenyReason::QueueTooLong,
-            },
-            _ => Grant::Denied {
-                retry_after: micros,
-                reason: DenyReason::ConcurrencyFull,
-            },
+            (_, _, 1, _) => Grant::Denied { retry_after: micros, reason: DenyReason::Paused },
+            (_, _, 3, _) => Grant::Denied { retry_after: micros, reason: DenyReason::QueueTooLong },
+            _ => Grant::Denied { retry_after: micros, reason: DenyReason::ConcurrencyFull },
         };
         let redis_now = u64::try_from(reply.3).unwrap_or(0);
         let start = lock(&self.inner.clock).start(received, redis_now, micros);
@@ -629,29 +537,15 @@ impl Limiter {
     }
 
     /// Removes a lease; `true` if it was still held. Idempotent.
-    pub async fn release_lease(
-        &self,
-        keys: &LimitKeys,
-        limit_key: &str,
-        lease_id: &str,
-    ) -> Result<bool, LimitError> {
+    pub async fn release_lease(&self, keys: &LimitKeys, limit_key: &str, lease_id: &str) -> Result<bool, LimitError> {
         let mut inv = SCRIPT.prepare_invoke();
-        inv.key(&keys.tat)
-            .key(&keys.leases)
-            .key(&keys.pause)
-            .arg("release")
-            .arg(lease_id);
+        inv.key(&keys.tat).key(&keys.leases).key(&keys.pause).arg("release").arg(lease_id);
         let removed: i64 = self.run(limit_key, inv).await?;
         Ok(removed > 0)
     }
 
     /// Extends a held lease to now + lease TTL; `false` if it had expired.
-    pub async fn extend_lease(
-        &self,
-        keys: &LimitKeys,
-        limit_key: &str,
-        lease_id: &str,
-    ) -> Result<bool, LimitError> {
+    pub async fn extend_lease(&self, keys: &LimitKeys, limit_key: &str, lease_id: &str) -> Result<bool, LimitError> {
         let mut inv = SCRIPT.prepare_invoke();
         inv.key(&keys.tat)
             .key(&keys.leases)
@@ -677,11 +571,7 @@ impl Limiter {
         if let Some(m) = METRICS.as_ref() {
             m.pauses.with_label_values(&[limit_key]).inc();
         }
-        tracing::info!(
-            limit_key,
-            pause_ms = duration_ms(duration),
-            "source paused for the whole fleet"
-        );
+        tracing::info!(limit_key, pause_ms = duration_ms(duration), "source paused for the whole fleet");
         Ok(())
     }
 
@@ -689,55 +579,28 @@ impl Limiter {
     async fn paused(&self, keys: &LimitKeys, limit_key: &str) -> Result<bool, LimitError> {
         let result = async {
             let mut con = self.connection().await?;
-            match tokio::time::timeout(
-                self.inner.options.redis_timeout,
-                redis::cmd("PTTL")
-                    .arg(&keys.pause)
-                    .query_async::<i64>(&mut con),
-            )
-            .await
-            {
+            match tokio::time::timeout(self.inner.options.redis_timeout, redis::cmd("PTTL").arg(&keys.pause).query_async::<i64>(&mut con)).await {
                 Ok(r) => r,
-                Err(_) => Err(redis::RedisError::from((
-                    redis::ErrorKind::IoError,
-                    "timed out",
-                ))),
+                Err(_) => Err(redis::RedisError::from((redis::ErrorKind::IoError, "timed out"))),
             }
         }
         .await;
-        result
-            .map(|ms| ms > 0)
-            .map_err(|source| self.redis_error(limit_key, source))
+        result.map(|ms| ms > 0).map_err(|source| self.redis_error(limit_key, source))
     }
 
     fn redis_error(&self, limit_key: &str, source: redis::RedisError) -> LimitError {
         if let Some(m) = METRICS.as_ref() {
             m.redis_errors.with_label_values(&[limit_key]).inc();
         }
-        LimitError::Redis {
-            url: self.inner.url.clone(),
-            source,
-        }
+        LimitError::Redis { url: self.inner.url.clone(), source }
     }
 
-    async fn run<T: redis::FromRedisValue>(
-        &self,
-        limit_key: &str,
-        inv: redis::ScriptInvocation<'_>,
-    ) -> Result<T, LimitError> {
+    async fn run<T: redis::FromRedisValue>(&self, limit_key: &str, inv: redis::ScriptInvocation<'_>) -> Result<T, LimitError> {
         let result = async {
             let mut con = self.connection().await?;
-            match tokio::time::timeout(
-                self.inner.options.redis_timeout,
-                inv.invoke_async::<T>(&mut con),
-            )
-            .await
-            {
+            match tokio::time::timeout(self.inner.options.redis_timeout, inv.invoke_async::<T>(&mut con)).await {
                 Ok(r) => r,
-                Err(_) => Err(redis::RedisError::from((
-                    redis::ErrorKind::IoError,
-                    "timed out",
-                ))),
+                Err(_) => Err(redis::RedisError::from((redis::ErrorKind::IoError, "timed out"))),
             }
         }
         .await;
@@ -761,12 +624,7 @@ impl Limiter {
         .await
         {
             Ok(r) => r?,
-            Err(_) => {
-                return Err(redis::RedisError::from((
-                    redis::ErrorKind::IoError,
-                    "connect timed out",
-                )))
-            }
+            Err(_) => return Err(redis::RedisError::from((redis::ErrorKind::IoError, "connect timed out"))),
         };
         *slot = Some(con.clone());
         Ok(con)
@@ -808,10 +666,7 @@ impl Limiter {
     fn mark_up(&self) {
         let mut h = lock(&self.inner.health);
         if let Some(since) = h.down_since.take() {
-            tracing::info!(
-                outage_ms = duration_ms(since.elapsed()),
-                "Redis is reachable again: fleet-wide rate limits apply again"
-            );
+            tracing::info!(outage_ms = duration_ms(since.elapsed()), "Redis is reachable again: fleet-wide rate limits apply again");
             // Every key's gauge returns to 0 with its next global grant.
         }
     }
@@ -821,33 +676,17 @@ impl Limiter {
         let share = self.inner.options.fallback_share.max(1);
         let local = {
             let mut locals = lock(&self.inner.locals);
-            Arc::clone(
-                locals
-                    .entry(limits.limit_key.clone())
-                    .or_insert_with(|| Arc::new(LocalLimiter::new())),
-            )
+            Arc::clone(locals.entry(limits.limit_key.clone()).or_insert_with(|| Arc::new(LocalLimiter::new())))
         };
         let delay = limits.delay().saturating_mul(share);
         let concurrency = (limits.concurrency / share).max(1);
         let permit = local.acquire(delay, concurrency).await;
         let waited = asked.elapsed();
         observe_wait(&limits.limit_key, waited);
-        Permit {
-            waited,
-            redis_time: Duration::ZERO,
-            redis_calls: 0,
-            global: false,
-            inner: Some(PermitInner::Local(permit)),
-        }
+        Permit { waited, redis_time: Duration::ZERO, redis_calls: 0, global: false, inner: Some(PermitInner::Local(permit)) }
     }
 
-    fn global_permit(
-        &self,
-        keys: LimitKeys,
-        limits: &EffectiveLimits,
-        lease_id: String,
-        start: Instant,
-    ) -> Permit {
+    fn global_permit(&self, keys: LimitKeys, limits: &EffectiveLimits, lease_id: String, start: Instant) -> Permit {
         let cancel = CancellationToken::new();
         // Extend the lease while the request runs past half of its TTL.
         let limiter = self.clone();
@@ -869,9 +708,7 @@ impl Limiter {
                         lease_lost(&limit_key);
                         return;
                     }
-                    Err(e) => {
-                        tracing::debug!(error = %e, limit_key = %limit_key, "could not extend a lease")
-                    }
+                    Err(e) => tracing::debug!(error = %e, limit_key = %limit_key, "could not extend a lease"),
                 }
                 next = Instant::now() + ttl / 3;
             }
@@ -881,13 +718,7 @@ impl Limiter {
             redis_time: Duration::ZERO,
             redis_calls: 0,
             global: true,
-            inner: Some(PermitInner::Global {
-                limiter: self.clone(),
-                keys,
-                limit_key: limits.limit_key.clone(),
-                lease_id,
-                cancel,
-            }),
+            inner: Some(PermitInner::Global { limiter: self.clone(), keys, limit_key: limits.limit_key.clone(), lease_id, cancel }),
         }
     }
 }
@@ -901,17 +732,13 @@ fn lease_lost(limit_key: &str) {
 
 fn set_fallback_gauge(limit_key: &str, on: bool) {
     if let Some(m) = METRICS.as_ref() {
-        m.fallback
-            .with_label_values(&[limit_key])
-            .set(i64::from(on));
+        m.fallback.with_label_values(&[limit_key]).set(i64::from(on));
     }
 }
 
 fn observe_wait(limit_key: &str, waited: Duration) {
     if let Some(m) = METRICS.as_ref() {
-        m.wait
-            .with_label_values(&[limit_key])
-            .observe(waited.as_secs_f64());
+        m.wait.with_label_values(&[limit_key]).observe(waited.as_secs_f64());
     }
 }
 
@@ -940,22 +767,13 @@ pub struct Permit {
 }
 
 enum PermitInner {
-    Global {
-        limiter: Limiter,
-        keys: LimitKeys,
-        limit_key: String,
-        lease_id: String,
-        cancel: CancellationToken,
-    },
+    Global { limiter: Limiter, keys: LimitKeys, limit_key: String, lease_id: String, cancel: CancellationToken },
     Local(LocalPermit),
 }
 
 impl std::fmt::Debug for Permit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Permit")
-            .field("waited", &self.waited)
-            .field("global", &self.global)
-            .finish()
+        f.debug_struct("Permit").field("waited", &self.waited).field("global", &self.global).finish()
     }
 }
 
@@ -984,13 +802,7 @@ impl Permit {
     /// local permits). Dropping a permit releases it too, in the background.
     pub async fn release(mut self) -> Result<bool, LimitError> {
         match self.inner.take() {
-            Some(PermitInner::Global {
-                limiter,
-                keys,
-                limit_key,
-                lease_id,
-                cancel,
-            }) => {
+            Some(PermitInner::Global { limiter, keys, limit_key, lease_id, cancel }) => {
                 cancel.cancel();
                 limiter.release_lease(&keys, &limit_key, &lease_id).await
             }
@@ -1005,14 +817,7 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        if let Some(PermitInner::Global {
-            limiter,
-            keys,
-            limit_key,
-            lease_id,
-            cancel,
-        }) = self.inner.take()
-        {
+        if let Some(PermitInner::Global { limiter, keys, limit_key, lease_id, cancel }) = self.inner.take() {
             cancel.cancel();
             // Without a runtime (process exit) the lease simply expires.
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
@@ -1033,35 +838,17 @@ mod tests {
     use super::*;
 
     fn limiter(lease_ttl: Duration) -> Limiter {
-        let url = std::env::var("AEGIS_TEST_REDIS_URL")
-            .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
-        let ns = format!(
-            "rltest_{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..12]
-        );
-        Limiter::with_options(
-            &url,
-            &ns,
-            LimiterOptions {
-                lease_ttl,
-                ..LimiterOptions::default()
-            },
-        )
-        .expect("limiter")
+        let url = std::env::var("AEGIS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
+        let ns = format!("rltest_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        Limiter::with_options(&url, &ns, LimiterOptions { lease_ttl, ..LimiterOptions::default() }).expect("limiter")
     }
 
     fn limits(delay: Duration, concurrency: u32) -> EffectiveLimits {
-        EffectiveLimits {
-            limit_key: "sc1".into(),
-            delay_us: u64::try_from(delay.as_micros()).expect("us"),
-            concurrency,
-        }
+        EffectiveLimits { limit_key: "sc1".into(), delay_us: u64::try_from(delay.as_micros()).expect("us"), concurrency }
     }
 
     async fn grant(l: &Limiter, lim: &EffectiveLimits, id: &str) -> Grant {
-        l.try_grant(&l.keys(&lim.limit_key), lim, id)
-            .await
-            .expect("redis reachable")
+        l.try_grant(&l.keys(&lim.limit_key), lim, id).await.expect("redis reachable")
     }
 
     #[tokio::test]
@@ -1069,12 +856,7 @@ mod tests {
         let l = limiter(Duration::from_secs(30));
         let lim = limits(Duration::ZERO, 100);
         for i in 0..20 {
-            assert_eq!(
-                grant(&l, &lim, &format!("l{i}")).await,
-                Grant::Granted {
-                    wait: Duration::ZERO
-                }
-            );
+            assert_eq!(grant(&l, &lim, &format!("l{i}")).await, Grant::Granted { wait: Duration::ZERO });
         }
     }
 
@@ -1094,10 +876,7 @@ mod tests {
         // the calls themselves take a little time, so the waits shrink by that.
         for (i, w) in waits.iter().enumerate().skip(1) {
             let expected = Duration::from_millis(100 * i as u64);
-            assert!(
-                *w <= expected && *w + Duration::from_millis(50) > expected,
-                "wait {i} was {w:?}"
-            );
+            assert!(*w <= expected && *w + Duration::from_millis(50) > expected, "wait {i} was {w:?}");
         }
     }
 
@@ -1105,22 +884,13 @@ mod tests {
     async fn idle_time_is_not_banked_as_a_burst() {
         let l = limiter(Duration::from_secs(30));
         let lim = limits(Duration::from_millis(50), 10);
-        assert_eq!(
-            grant(&l, &lim, "a").await,
-            Grant::Granted {
-                wait: Duration::ZERO
-            }
-        );
+        assert_eq!(grant(&l, &lim, "a").await, Grant::Granted { wait: Duration::ZERO });
         // Wait (by polling Redis's own decision) until the reserved slot has passed.
         let deadline = Instant::now() + Duration::from_secs(2);
         loop {
             let keys = l.keys("sc1");
             let mut con = l.connection().await.expect("connection");
-            let pttl: i64 = redis::cmd("PTTL")
-                .arg(&keys.tat)
-                .query_async(&mut con)
-                .await
-                .expect("pttl");
+            let pttl: i64 = redis::cmd("PTTL").arg(&keys.tat).query_async(&mut con).await.expect("pttl");
             // The tat key lives until tat + 1 s; below 1 s left means tat is past.
             if pttl < 950 {
                 break;
@@ -1128,17 +898,9 @@ mod tests {
             assert!(Instant::now() < deadline, "tat never passed");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(
-            grant(&l, &lim, "b").await,
-            Grant::Granted {
-                wait: Duration::ZERO
-            }
-        );
+        assert_eq!(grant(&l, &lim, "b").await, Grant::Granted { wait: Duration::ZERO });
         match grant(&l, &lim, "c").await {
-            Grant::Granted { wait } => assert!(
-                wait > Duration::from_millis(40),
-                "second start after idle only {wait:?} later"
-            ),
+            Grant::Granted { wait } => assert!(wait > Duration::from_millis(40), "second start after idle only {wait:?} later"),
             other => panic!("expected a grant, got {other:?}"),
         }
     }
@@ -1148,32 +910,11 @@ mod tests {
         let l = limiter(Duration::from_secs(30));
         let lim = limits(Duration::ZERO, 1);
         let keys = l.keys("sc1");
-        assert_eq!(
-            grant(&l, &lim, "a").await,
-            Grant::Granted {
-                wait: Duration::ZERO
-            }
-        );
-        assert!(matches!(
-            grant(&l, &lim, "b").await,
-            Grant::Denied {
-                reason: DenyReason::ConcurrencyFull,
-                ..
-            }
-        ));
+        assert_eq!(grant(&l, &lim, "a").await, Grant::Granted { wait: Duration::ZERO });
+        assert!(matches!(grant(&l, &lim, "b").await, Grant::Denied { reason: DenyReason::ConcurrencyFull, .. }));
         assert!(l.release_lease(&keys, "sc1", "a").await.expect("release"));
-        assert!(
-            !l.release_lease(&keys, "sc1", "a")
-                .await
-                .expect("second release"),
-            "a second release finds nothing"
-        );
-        assert_eq!(
-            grant(&l, &lim, "b").await,
-            Grant::Granted {
-                wait: Duration::ZERO
-            }
-        );
+        assert!(!l.release_lease(&keys, "sc1", "a").await.expect("second release"), "a second release finds nothing");
+        assert_eq!(grant(&l, &lim, "b").await, Grant::Granted { wait: Duration::ZERO });
     }
 
     #[tokio::test]
@@ -1181,45 +922,22 @@ mod tests {
         let l = limiter(Duration::from_millis(300));
         let lim = limits(Duration::ZERO, 1);
         let asked = Instant::now();
-        assert_eq!(
-            grant(&l, &lim, "crashed").await,
-            Grant::Granted {
-                wait: Duration::ZERO
-            }
-        );
+        assert_eq!(grant(&l, &lim, "crashed").await, Grant::Granted { wait: Duration::ZERO });
         let retry_after = match grant(&l, &lim, "next").await {
-            Grant::Denied {
-                retry_after,
-                reason: DenyReason::ConcurrencyFull,
-            } => retry_after,
+            Grant::Denied { retry_after, reason: DenyReason::ConcurrencyFull } => retry_after,
             other => panic!("expected a denial, got {other:?}"),
         };
-        assert!(
-            retry_after <= Duration::from_millis(300),
-            "hint {retry_after:?} is beyond the lease"
-        );
+        assert!(retry_after <= Duration::from_millis(300), "hint {retry_after:?} is beyond the lease");
         loop {
             if let Grant::Granted { .. } = grant(&l, &lim, "next").await {
                 break;
             }
-            assert!(
-                asked.elapsed() < Duration::from_secs(2),
-                "the lease never expired"
-            );
+            assert!(asked.elapsed() < Duration::from_secs(2), "the lease never expired");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(
-            asked.elapsed() >= Duration::from_millis(250),
-            "the lease expired early: {:?}",
-            asked.elapsed()
-        );
+        assert!(asked.elapsed() >= Duration::from_millis(250), "the lease expired early: {:?}", asked.elapsed());
         let keys = l.keys("sc1");
-        assert!(
-            !l.extend_lease(&keys, "sc1", "crashed")
-                .await
-                .expect("extend"),
-            "an expired lease cannot be extended"
-        );
+        assert!(!l.extend_lease(&keys, "sc1", "crashed").await.expect("extend"), "an expired lease cannot be extended");
         assert!(l.extend_lease(&keys, "sc1", "next").await.expect("extend"));
     }
 
@@ -1227,41 +945,19 @@ mod tests {
     async fn a_pause_denies_everyone_until_it_ends() {
         let l = limiter(Duration::from_secs(30));
         let lim = limits(Duration::ZERO, 5);
-        l.pause("sc1", Duration::from_millis(400))
-            .await
-            .expect("pause");
+        l.pause("sc1", Duration::from_millis(400)).await.expect("pause");
         // A shorter pause does not shorten a longer one.
-        l.pause("sc1", Duration::from_millis(10))
-            .await
-            .expect("pause");
+        l.pause("sc1", Duration::from_millis(10)).await.expect("pause");
         match grant(&l, &lim, "a").await {
-            Grant::Denied {
-                retry_after,
-                reason: DenyReason::Paused,
-            } => {
-                assert!(
-                    retry_after > Duration::from_millis(300)
-                        && retry_after <= Duration::from_millis(400),
-                    "{retry_after:?}"
-                )
+            Grant::Denied { retry_after, reason: DenyReason::Paused } => {
+                assert!(retry_after > Duration::from_millis(300) && retry_after <= Duration::from_millis(400), "{retry_after:?}")
             }
             other => panic!("expected a pause, got {other:?}"),
         }
-        let source_limits = SourceLimits {
-            delay: Duration::ZERO,
-            concurrency: Some(5),
-            retries: 0,
-            limit_key: "sc1".into(),
-        };
+        let source_limits = SourceLimits { delay: Duration::ZERO, concurrency: Some(5), retries: 0, limit_key: "sc1".into() };
         let started = Instant::now();
-        let permit = l
-            .acquire(&source_limits)
-            .await
-            .expect("permit after the pause");
-        assert!(
-            started.elapsed() >= Duration::from_millis(300),
-            "granted during the pause"
-        );
+        let permit = l.acquire(&source_limits).await.expect("permit after the pause");
+        assert!(started.elapsed() >= Duration::from_millis(300), "granted during the pause");
         assert!(permit.is_global());
         assert!(permit.release().await.expect("release"));
     }
@@ -1284,40 +980,23 @@ mod tests {
             limit_key: "k".into(),
         });
         assert_eq!(e.concurrency, DEFAULT_CONCURRENCY);
-        assert_eq!(
-            e.delay_us, 1,
-            "10 ns rounds up to 1 µs, in effect no spacing"
-        );
+        assert_eq!(e.delay_us, 1, "10 ns rounds up to 1 µs, in effect no spacing");
     }
 
     #[tokio::test]
     async fn an_unreachable_redis_falls_back_to_a_local_limit() {
         // Port 1 on loopback refuses connections at once.
-        let l = Limiter::with_options("redis://127.0.0.1:1/0", "x", LimiterOptions::default())
-            .expect("limiter");
-        let limits = SourceLimits {
-            delay: Duration::from_millis(10),
-            concurrency: Some(8),
-            retries: 0,
-            limit_key: "sc1".into(),
-        };
+        let l = Limiter::with_options("redis://127.0.0.1:1/0", "x", LimiterOptions::default()).expect("limiter");
+        let limits = SourceLimits { delay: Duration::from_millis(10), concurrency: Some(8), retries: 0, limit_key: "sc1".into() };
         let a = l.acquire(&limits).await.expect("local permit");
         assert!(!a.is_global());
         assert!(l.in_fallback());
         let started = Instant::now();
         let b = l.acquire(&limits).await.expect("local permit");
         // Delay × 4 (the default share) between local starts.
-        assert!(
-            started.elapsed() >= Duration::from_millis(35),
-            "local spacing was {:?}",
-            started.elapsed()
-        );
+        assert!(started.elapsed() >= Duration::from_millis(35), "local spacing was {:?}", started.elapsed());
         // Concurrency 8 / 4 = 2 permits locally: a third waits.
-        assert!(
-            tokio::time::timeout(Duration::from_millis(300), l.acquire(&limits))
-                .await
-                .is_err()
-        );
+        assert!(tokio::time::timeout(Duration::from_millis(300), l.acquire(&limits)).await.is_err());
         drop((a, b));
     }
 }

@@ -29,9 +29,7 @@ pub struct LimitsCache {
 
 impl std::fmt::Debug for LimitsCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LimitsCache")
-            .field("refresh", &self.inner.refresh)
-            .finish()
+        f.debug_struct("LimitsCache").field("refresh", &self.inner.refresh).finish()
     }
 }
 
@@ -67,13 +65,7 @@ impl LimitsCache {
     }
 
     fn build(source: Source, refresh: Duration) -> Self {
-        LimitsCache {
-            inner: Arc::new(Inner {
-                source,
-                refresh,
-                entries: Mutex::new(HashMap::new()),
-            }),
-        }
+        LimitsCache { inner: Arc::new(Inner { source, refresh, entries: Mutex::new(HashMap::new()) }) }
     }
 
     /// The current settings of a SourceConfig. Reads the database when the
@@ -82,16 +74,10 @@ impl LimitsCache {
     pub async fn get(&self, source_config_id: &str) -> Result<SourceLimits, LimitError> {
         let pool = match &self.inner.source {
             Source::Fixed(map) => {
-                return map
-                    .get(source_config_id)
-                    .cloned()
-                    .ok_or_else(|| LimitError::Limits {
-                        source_config: source_config_id.to_string(),
-                        source: ModelError::NotFound {
-                            what: "source config",
-                            key: source_config_id.to_string(),
-                        },
-                    })
+                return map.get(source_config_id).cloned().ok_or_else(|| LimitError::Limits {
+                    source_config: source_config_id.to_string(),
+                    source: ModelError::NotFound { what: "source config", key: source_config_id.to_string() },
+                })
             }
             Source::Database(pool) => pool,
         };
@@ -118,10 +104,7 @@ impl LimitsCache {
                         );
                     }
                 }
-                *entry = Some(Entry {
-                    limits: limits.clone(),
-                    read_at: Instant::now(),
-                });
+                *entry = Some(Entry { limits: limits.clone(), read_at: Instant::now() });
                 Ok(limits)
             }
             Err(e) => match entry.as_mut() {
@@ -139,35 +122,17 @@ impl LimitsCache {
 }
 
 async fn read(pool: &MySqlPool, id: &str) -> Result<SourceLimits, LimitError> {
-    let wrap = |source: ModelError| LimitError::Limits {
-        source_config: id.to_string(),
-        source,
-    };
+    let wrap = |source: ModelError| LimitError::Limits { source_config: id.to_string(), source };
     let text: Option<String> = sqlx::query_scalar("SELECT AuthInfo FROM SourceConfig WHERE ID = ?")
         .bind(id)
         .fetch_optional(pool)
         .await
         .map_err(|e| wrap(ModelError::from(e)))?;
-    let text = text.ok_or_else(|| {
-        wrap(ModelError::NotFound {
-            what: "source config",
-            key: id.to_string(),
-        })
-    })?;
+    let text = text.ok_or_else(|| wrap(ModelError::NotFound { what: "source config", key: id.to_string() }))?;
     let auth = match serde_json::from_str(&text) {
         Ok(serde_json::Value::Object(m)) => m,
-        Ok(_) => {
-            return Err(wrap(ModelError::invalid(
-                format!("SourceConfig {id} AuthInfo"),
-                "is not a JSON object",
-            )))
-        }
-        Err(e) => {
-            return Err(wrap(ModelError::invalid(
-                format!("SourceConfig {id} AuthInfo"),
-                e.to_string(),
-            )))
-        }
+        Ok(_) => return Err(wrap(ModelError::invalid(format!("SourceConfig {id} AuthInfo"), "is not a JSON object"))),
+        Err(e) => return Err(wrap(ModelError::invalid(format!("SourceConfig {id} AuthInfo"), e.to_string()))),
     };
     limits_from_auth(id, &auth).map_err(wrap)
 }

@@ -16,9 +16,7 @@
 
 use std::time::{Duration, Instant};
 
-use aegis_tests::ratelimit_support::{
-    max_in_flight, spacing_violations, start_rate, ProbeArgs, ProbeProcess, Recorder,
-};
+use aegis_tests::ratelimit_support::{max_in_flight, spacing_violations, start_rate, ProbeArgs, ProbeProcess, Recorder};
 use aegis_tests::{binary, unique_name};
 
 struct Cell {
@@ -50,18 +48,10 @@ fn f(v: &serde_json::Value, path: &[&str]) -> f64 {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let redis_url =
-        std::env::var("AEGIS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
-    let seconds: u64 = std::env::var("BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+    let redis_url = std::env::var("AEGIS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
+    let seconds: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
     let probe = binary("limit_probe");
-    anyhow::ensure!(
-        probe.exists(),
-        "{} is missing: run `cargo build -p aegis-tests --bins` first",
-        probe.display()
-    );
+    anyhow::ensure!(probe.exists(), "{} is missing: run `cargo build -p aegis-tests --bins` first", probe.display());
 
     // One Redis round trip, for comparison with the acquire overhead.
     let client = redis::Client::open(redis_url.as_str())?;
@@ -75,32 +65,13 @@ async fn main() -> anyhow::Result<()> {
     let ping = aegis_shared::source_http::Summary::of(&pings);
 
     let grid = [
-        Cell {
-            delay: Duration::from_millis(20),
-            concurrency: 4,
-            service: Duration::from_millis(2),
-        },
-        Cell {
-            delay: Duration::from_millis(5),
-            concurrency: 8,
-            service: Duration::from_millis(2),
-        },
-        Cell {
-            delay: Duration::from_millis(10),
-            concurrency: 1,
-            service: Duration::from_millis(2),
-        },
-        Cell {
-            delay: Duration::ZERO,
-            concurrency: 2,
-            service: Duration::from_millis(20),
-        },
+        Cell { delay: Duration::from_millis(20), concurrency: 4, service: Duration::from_millis(2) },
+        Cell { delay: Duration::from_millis(5), concurrency: 8, service: Duration::from_millis(2) },
+        Cell { delay: Duration::from_millis(10), concurrency: 1, service: Duration::from_millis(2) },
+        Cell { delay: Duration::ZERO, concurrency: 2, service: Duration::from_millis(20) },
     ];
     let started = Instant::now();
-    println!(
-        "Redis PING round trip: p50 {:.3} ms, p99 {:.3} ms\n",
-        ping.p50_ms, ping.p99_ms
-    );
+    println!("Redis PING round trip: p50 {:.3} ms, p99 {:.3} ms\n", ping.p50_ms, ping.p99_ms);
     println!("| Delay | Concurrency | Processes × tasks | Limit (req/s) | Achieved (req/s) | % of limit | Spacing violations | Max in flight | Acquire overhead p50 / p99 (ms) | Redis calls per acquire (max) | Per-process limiter would allow (req/s) |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for cell in &grid {
@@ -110,11 +81,7 @@ async fn main() -> anyhow::Result<()> {
                 redis_url: redis_url.clone(),
                 namespace: unique_name("rlbench"),
                 database: None,
-                fixed: Some((
-                    rec.base_url(),
-                    u64::try_from(cell.delay.as_micros())?,
-                    cell.concurrency,
-                )),
+                fixed: Some((rec.base_url(), u64::try_from(cell.delay.as_micros())?, cell.concurrency)),
                 tasks: 3,
                 duration: Duration::from_secs(seconds),
                 path: format!("/work?ms={}", cell.service.as_millis()),
@@ -137,25 +104,12 @@ async fn main() -> anyhow::Result<()> {
             let in_flight = max_in_flight(&hits);
             let rate = start_rate(&hits);
             let limit = cell.limit();
-            let mut p50s: Vec<f64> = summaries
-                .iter()
-                .map(|s| f(s, &["acquire_redis_time", "p50_ms"]))
-                .collect();
+            let mut p50s: Vec<f64> = summaries.iter().map(|s| f(s, &["acquire_redis_time", "p50_ms"])).collect();
             p50s.sort_by(f64::total_cmp);
             let p50 = p50s.get(p50s.len() / 2).copied().unwrap_or(0.0);
-            let p99 = summaries
-                .iter()
-                .map(|s| f(s, &["acquire_redis_time", "p99_ms"]))
-                .fold(0.0, f64::max);
-            let calls = summaries
-                .iter()
-                .map(|s| f(s, &["max_redis_calls"]))
-                .fold(0.0, f64::max);
-            let delay = if cell.delay.is_zero() {
-                "0".to_string()
-            } else {
-                format!("{} ms", cell.delay.as_millis())
-            };
+            let p99 = summaries.iter().map(|s| f(s, &["acquire_redis_time", "p99_ms"])).fold(0.0, f64::max);
+            let calls = summaries.iter().map(|s| f(s, &["max_redis_calls"])).fold(0.0, f64::max);
+            let delay = if cell.delay.is_zero() { "0".to_string() } else { format!("{} ms", cell.delay.as_millis()) };
             println!(
                 "| {delay} | {} | {processes} × 3 | {limit:.0} | {rate:.1} | {:.1} % | {violations} | {in_flight} (limit {}) | {p50:.2} / {p99:.2} | {calls:.0} | {:.0} |",
                 cell.concurrency,
@@ -165,10 +119,6 @@ async fn main() -> anyhow::Result<()> {
             );
         }
     }
-    println!(
-        "\n{} cells in {:.0} s",
-        grid.len() * 3,
-        started.elapsed().as_secs_f64()
-    );
+    println!("\n{} cells in {:.0} s", grid.len() * 3, started.elapsed().as_secs_f64());
     Ok(())
 }

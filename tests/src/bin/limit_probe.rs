@@ -32,9 +32,7 @@ struct Totals {
 }
 
 fn arg<'a>(args: &'a HashMap<String, String>, name: &str) -> anyhow::Result<&'a str> {
-    args.get(name)
-        .map(String::as_str)
-        .with_context(|| format!("--{name} is required"))
+    args.get(name).map(String::as_str).with_context(|| format!("--{name} is required"))
 }
 
 #[tokio::main]
@@ -42,40 +40,21 @@ async fn main() -> anyhow::Result<()> {
     let raw: Vec<String> = std::env::args().skip(1).collect();
     let args: HashMap<String, String> = raw
         .chunks(2)
-        .filter_map(|c| {
-            Some((
-                c.first()?.trim_start_matches("--").to_string(),
-                c.get(1)?.clone(),
-            ))
-        })
+        .filter_map(|c| Some((c.first()?.trim_start_matches("--").to_string(), c.get(1)?.clone())))
         .collect();
     let name = arg(&args, "name")?.to_string();
     // Warnings (fallback to the local limit, lost leases) go to stderr.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")))
         .init();
     let tasks: u32 = arg(&args, "tasks")?.parse().context("--tasks")?;
-    let duration = Duration::from_millis(
-        arg(&args, "duration-ms")?
-            .parse()
-            .context("--duration-ms")?,
-    );
+    let duration = Duration::from_millis(arg(&args, "duration-ms")?.parse().context("--duration-ms")?);
     let full_path = arg(&args, "path")?.to_string();
-    let lease_ttl = Duration::from_millis(
-        arg(&args, "lease-ttl-ms")?
-            .parse()
-            .context("--lease-ttl-ms")?,
-    );
+    let lease_ttl = Duration::from_millis(arg(&args, "lease-ttl-ms")?.parse().context("--lease-ttl-ms")?);
 
-    let options = LimiterOptions {
-        lease_ttl,
-        ..LimiterOptions::from_env()?
-    };
+    let options = LimiterOptions { lease_ttl, ..LimiterOptions::from_env()? };
     let limiter = Limiter::with_options(arg(&args, "redis")?, arg(&args, "namespace")?, options)?;
 
     let (sc, limits) = if let Some(db) = args.get("database") {
@@ -97,11 +76,7 @@ async fn main() -> anyhow::Result<()> {
         };
         let fixed = SourceLimits {
             delay: Duration::from_micros(arg(&args, "delay-us")?.parse().context("--delay-us")?),
-            concurrency: Some(
-                arg(&args, "concurrency")?
-                    .parse()
-                    .context("--concurrency")?,
-            ),
+            concurrency: Some(arg(&args, "concurrency")?.parse().context("--concurrency")?),
             retries: 0,
             limit_key: id.clone(),
         };
@@ -110,13 +85,7 @@ async fn main() -> anyhow::Result<()> {
     let client = SourceClient::new(&sc, None, limiter, limits)?;
 
     let (path, query) = match full_path.split_once('?') {
-        Some((p, q)) => (
-            p.to_string(),
-            q.split('&')
-                .filter_map(|kv| kv.split_once('='))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        ),
+        Some((p, q)) => (p.to_string(), q.split('&').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()),
         None => (full_path.clone(), Vec::new()),
     };
     let probe_id = HeaderValue::from_str(&name).context("--name must be a header value")?;
@@ -131,18 +100,14 @@ async fn main() -> anyhow::Result<()> {
     for _ in 0..tasks {
         let client = client.clone();
         let totals = Arc::clone(&totals);
-        let mut spec = RequestSpec::get("/probe", path.clone())
-            .header(HeaderName::from_static("x-probe-id"), probe_id.clone());
+        let mut spec = RequestSpec::get("/probe", path.clone()).header(HeaderName::from_static("x-probe-id"), probe_id.clone());
         spec.query = query.clone();
         let seq = Arc::clone(&seq);
         handles.push(tokio::spawn(async move {
             while Instant::now() < deadline {
                 let n = seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let mut spec = spec.clone();
-                spec.headers.insert(
-                    HeaderName::from_static("x-request-seq"),
-                    HeaderValue::from(n),
-                );
+                spec.headers.insert(HeaderName::from_static("x-request-seq"), HeaderValue::from(n));
                 let result = client.send(spec).await;
                 let lock = || totals.lock().unwrap_or_else(|p| p.into_inner());
                 match result {
@@ -151,11 +116,7 @@ async fn main() -> anyhow::Result<()> {
                             let mut t = lock();
                             t.sent += 1;
                             t.waits.push(r.limiter_wait());
-                            let at = r
-                                .sent_at()
-                                .duration_since(std::time::UNIX_EPOCH)
-                                .map(|d| d.as_micros())
-                                .unwrap_or(0);
+                            let at = r.sent_at().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0);
                             t.sent_at.push((n, at));
                             if r.permit_is_global() {
                                 t.redis.push(r.limiter_redis_time());
