@@ -802,3 +802,52 @@ async fn exception_job_turns_closed_exception_and_false_positive_tickets_into_ig
     sim.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn bulk_update_applies_good_rows_and_reports_bad_ones() -> anyhow::Result<()> {
+    let sim = simulator(1000).await?;
+    let f = fleet(1).await?;
+    let s = seed_estate(&f, &sim).await?;
+    let pool = f.pool();
+    run_to_completion(&f, &s.ticketing, json!({"groups": ["42"]})).await?;
+    let title = |name: &str| {
+        let d = s.expected[name].clone();
+        async move {
+            let (t,): (String,) = sqlx::query_as("SELECT Title FROM Ticket WHERE DetectionID = ?").bind(&d).fetch_one(pool).await?;
+            anyhow::Ok(t)
+        }
+    };
+    let (a, b, c) = (title("web_ssl").await?, title("web_rce").await?, title("hostile_ssl").await?);
+    // Closed-Remediated offers only Reopened: In-Progress takes two hops.
+    sim.jira_transition(&c, "Closed-Remediated")?;
+    let csv = format!(
+        "update,Status,Assignee,Comment,VRR Priority\r\n\
+         {a},Resolved-Remediated,admin,\"patched, rebooted\",\r\n\
+         {b},,Unassigned,,Low\r\n\
+         VULN-9999,In-Progress,,,\r\n\
+         {c},In-Progress,,reopened by the bulk file,\r\n\
+         {b},No-Such-Status,,,\r\n\
+         {b},,,,Not-An-Option\r\n"
+    );
+    let cfg = s.estate.job_config(pool, "BulkUpdateJob", &s.estate.jira_sc, &s.estate.jira_sc, json!({})).await?;
+    let id = run_to_completion(&f, &cfg, json!({"csv": csv, "user": "alice"})).await?;
+    let rows: Vec<(i32, bool, String)> =
+        sqlx::query_as("SELECT RowNumber, Success, COALESCE(Message, '') FROM BulkUpdateResult WHERE JobHistoryID = ? ORDER BY RowNumber")
+            .bind(&id)
+            .fetch_all(pool)
+            .await?;
+    let ok: Vec<bool> = rows.iter().map(|r| r.1).collect();
+    assert_eq!(ok, [true, true, false, true, false, false], "{rows:?}");
+    assert!(rows[2].2.contains("404") && rows[2].2.contains("Issue Does Not Exist"), "JIRA's words are quoted: {}", rows[2].2);
+    assert!(rows[4].2.contains("No-Such-Status"), "{}", rows[4].2);
+    assert_eq!(sim.jira_status(&a).as_deref(), Some("Resolved-Remediated"));
+    assert_eq!(sim.jira_status(&c).as_deref(), Some("In-Progress"));
+    let issue_a = sim.jira_issue(&a).expect("exists");
+    assert_eq!(issue_a["fields"]["assignee"]["name"], "admin");
+    let issue_b = sim.jira_issue(&b).expect("exists");
+    assert!(issue_b["fields"]["assignee"].is_null());
+    let fields = sim_fields(&sim).await?;
+    assert_eq!(field_id(&issue_b, &fields, "VRR Priority")["value"], "Low");
+    sim.shutdown().await;
+    Ok(())
+}

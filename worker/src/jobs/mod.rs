@@ -7,6 +7,7 @@
 //! Jobs stop at their next await point once `ctx.cancel` fires; the runner
 //! aborts a job that does not stop within a grace period.
 
+pub mod bulk_update;
 pub mod diagnostic;
 pub mod exception;
 pub mod ticket_sync;
@@ -126,6 +127,7 @@ impl Registry {
         r.register(ticketing::TicketingJob);
         r.register(ticket_sync::TicketSyncJob);
         r.register(exception::ExceptionJob);
+        r.register(bulk_update::BulkUpdateJob);
         r
     }
 
