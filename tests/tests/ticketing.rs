@@ -747,7 +747,15 @@ async fn exception_job_turns_closed_exception_and_false_positive_tickets_into_ig
         )
         .await?;
     run_to_completion(&f, &exceptions, json!({})).await?;
-    let rows: Vec<(i32, String, String, String, String, Option<chrono::DateTime<chrono::Utc>>)> = sqlx::query_as(
+    type IgnoreRow = (
+        i32,
+        String,
+        String,
+        String,
+        String,
+        Option<chrono::DateTime<chrono::Utc>>,
+    );
+    let rows: Vec<IgnoreRow> = sqlx::query_as(
         "SELECT TypeId, VulnerabilityId, DeviceID, Approval, COALESCE(Port, ''), DueDate FROM `Ignore`
          WHERE OrganizationID = ? AND Active = 1 AND Approval IN ('CERF-77', ?) ORDER BY TypeId",
     )
@@ -813,11 +821,18 @@ async fn bulk_update_applies_good_rows_and_reports_bad_ones() -> anyhow::Result<
     let title = |name: &str| {
         let d = s.expected[name].clone();
         async move {
-            let (t,): (String,) = sqlx::query_as("SELECT Title FROM Ticket WHERE DetectionID = ?").bind(&d).fetch_one(pool).await?;
+            let (t,): (String,) = sqlx::query_as("SELECT Title FROM Ticket WHERE DetectionID = ?")
+                .bind(&d)
+                .fetch_one(pool)
+                .await?;
             anyhow::Ok(t)
         }
     };
-    let (a, b, c) = (title("web_ssl").await?, title("web_rce").await?, title("hostile_ssl").await?);
+    let (a, b, c) = (
+        title("web_ssl").await?,
+        title("web_rce").await?,
+        title("hostile_ssl").await?,
+    );
     // Closed-Remediated offers only Reopened: In-Progress takes two hops.
     sim.jira_transition(&c, "Closed-Remediated")?;
     let csv = format!(
@@ -829,7 +844,16 @@ async fn bulk_update_applies_good_rows_and_reports_bad_ones() -> anyhow::Result<
          {b},No-Such-Status,,,\r\n\
          {b},,,,Not-An-Option\r\n"
     );
-    let cfg = s.estate.job_config(pool, "BulkUpdateJob", &s.estate.jira_sc, &s.estate.jira_sc, json!({})).await?;
+    let cfg = s
+        .estate
+        .job_config(
+            pool,
+            "BulkUpdateJob",
+            &s.estate.jira_sc,
+            &s.estate.jira_sc,
+            json!({}),
+        )
+        .await?;
     let id = run_to_completion(&f, &cfg, json!({"csv": csv, "user": "alice"})).await?;
     let rows: Vec<(i32, bool, String)> =
         sqlx::query_as("SELECT RowNumber, Success, COALESCE(Message, '') FROM BulkUpdateResult WHERE JobHistoryID = ? ORDER BY RowNumber")
@@ -838,7 +862,11 @@ async fn bulk_update_applies_good_rows_and_reports_bad_ones() -> anyhow::Result<
             .await?;
     let ok: Vec<bool> = rows.iter().map(|r| r.1).collect();
     assert_eq!(ok, [true, true, false, true, false, false], "{rows:?}");
-    assert!(rows[2].2.contains("404") && rows[2].2.contains("Issue Does Not Exist"), "JIRA's words are quoted: {}", rows[2].2);
+    assert!(
+        rows[2].2.contains("404") && rows[2].2.contains("Issue Does Not Exist"),
+        "JIRA's words are quoted: {}",
+        rows[2].2
+    );
     assert!(rows[4].2.contains("No-Such-Status"), "{}", rows[4].2);
     assert_eq!(sim.jira_status(&a).as_deref(), Some("Resolved-Remediated"));
     assert_eq!(sim.jira_status(&c).as_deref(), Some("In-Progress"));

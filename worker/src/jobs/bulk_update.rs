@@ -59,7 +59,9 @@ impl Job for BulkUpdateJob {
 }
 
 fn bulk_dir() -> PathBuf {
-    std::env::var_os("AEGIS_BULK_UPDATE_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("bulk_updates"))
+    std::env::var_os("AEGIS_BULK_UPDATE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("bulk_updates"))
 }
 
 /// Reads the named files (plain names only) and moves them to `finished/`.
@@ -67,17 +69,25 @@ fn read_files(dir: &Path, names: &[String]) -> Result<String, JobError> {
     let mut text = String::new();
     for name in names {
         if name.is_empty() || name.contains(['/', '\\']) || name == ".." || name == "." {
-            return Err(JobError::Config(format!("{name:?} is not a plain file name in the bulk update folder")));
+            return Err(JobError::Config(format!(
+                "{name:?} is not a plain file name in the bulk update folder"
+            )));
         }
         let path = dir.join(name);
-        let content = std::fs::read_to_string(&path)
-            .map_err(|e| JobError::Config(format!("could not find update file {name} in {}: {e}", dir.display())))?;
+        let content = std::fs::read_to_string(&path).map_err(|e| {
+            JobError::Config(format!(
+                "could not find update file {name} in {}: {e}",
+                dir.display()
+            ))
+        })?;
         if !text.is_empty() && !text.ends_with('\n') {
             text.push('\n');
         }
         text.push_str(&content);
         let finished = dir.join("finished");
-        if let Err(e) = std::fs::create_dir_all(&finished).and_then(|_| std::fs::rename(&path, finished.join(name))) {
+        if let Err(e) = std::fs::create_dir_all(&finished)
+            .and_then(|_| std::fs::rename(&path, finished.join(name)))
+        {
             tracing::warn!(file = %name, error = %e, "could not move the update file to finished/");
         }
     }
@@ -131,7 +141,11 @@ fn parse_csv(text: &str) -> Vec<Record> {
                 }
                 cells.push(std::mem::take(&mut cell));
                 if cells.iter().any(|c| !c.trim().is_empty()) {
-                    records.push(Record { line: start, cells: std::mem::take(&mut cells), raw: std::mem::take(&mut raw) });
+                    records.push(Record {
+                        line: start,
+                        cells: std::mem::take(&mut cells),
+                        raw: std::mem::take(&mut raw),
+                    });
                 } else {
                     cells.clear();
                     raw.clear();
@@ -147,14 +161,20 @@ fn parse_csv(text: &str) -> Vec<Record> {
     }
     cells.push(cell);
     if cells.iter().any(|c| !c.trim().is_empty()) {
-        records.push(Record { line: start, cells, raw });
+        records.push(Record {
+            line: start,
+            cells,
+            raw,
+        });
     }
     records
 }
 
 fn command_of(first_cell: &str) -> Option<&'static str> {
     let l = first_cell.trim().to_lowercase();
-    ["update", "create", "delete"].into_iter().find(|c| l.starts_with(c))
+    ["update", "create", "delete"]
+        .into_iter()
+        .find(|c| l.starts_with(c))
 }
 
 async fn run(ctx: JobContext) -> Result<(), JobError> {
@@ -162,10 +182,16 @@ async fn run(ctx: JobContext) -> Result<(), JobError> {
     let text = match (&p.csv, p.file.is_empty()) {
         (Some(csv), _) => csv.clone(),
         (None, false) => read_files(&bulk_dir(), &p.file)?,
-        (None, true) => return Err(JobError::Config("BulkUpdateJob needs \"file\" (names) or \"csv\" in its payload".into())),
+        (None, true) => {
+            return Err(JobError::Config(
+                "BulkUpdateJob needs \"file\" (names) or \"csv\" in its payload".into(),
+            ))
+        }
     };
     let Some(jira) = ctx.sources_in.first() else {
-        return Err(JobError::Config("BulkUpdateJob needs the JIRA source config as its in-source".into()));
+        return Err(JobError::Config(
+            "BulkUpdateJob needs the JIRA source config as its in-source".into(),
+        ));
     };
     let engine = JiraClient::connect(ctx.client(jira)?, jira)
         .await
@@ -178,18 +204,39 @@ async fn run(ctx: JobContext) -> Result<(), JobError> {
             return Err(JobError::Cancelled);
         }
         if let Some(cmd) = r.cells.first().and_then(|c| command_of(c)) {
-            let columns: Vec<String> = r.cells.iter().skip(1).map(|c| c.trim().to_string()).collect();
+            let columns: Vec<String> = r
+                .cells
+                .iter()
+                .skip(1)
+                .map(|c| c.trim().to_string())
+                .collect();
             if columns.iter().any(|c| c.eq_ignore_ascii_case("requester")) {
-                return Err(JobError::Config(format!("line {}: the header already has a requester column", r.line)));
+                return Err(JobError::Config(format!(
+                    "line {}: the header already has a requester column",
+                    r.line
+                )));
             }
             header = Some((cmd, columns));
             continue;
         }
-        let key = r.cells.first().map(|k| k.trim().to_string()).unwrap_or_default();
+        let key = r
+            .cells
+            .first()
+            .map(|k| k.trim().to_string())
+            .unwrap_or_default();
         let (command, result) = match &header {
-            None => ("none", Err("no header line (update,…) before this row".to_string())),
-            Some((cmd, _)) if *cmd != "update" => (*cmd, Err(format!("the {cmd} command is not supported; use update"))),
-            Some((cmd, columns)) => (*cmd, apply(&engine, &key, columns, &r.cells[1..], p.user.as_deref()).await),
+            None => (
+                "none",
+                Err("no header line (update,…) before this row".to_string()),
+            ),
+            Some((cmd, _)) if *cmd != "update" => (
+                *cmd,
+                Err(format!("the {cmd} command is not supported; use update")),
+            ),
+            Some((cmd, columns)) => (
+                *cmd,
+                apply(&engine, &key, columns, &r.cells[1..], p.user.as_deref()).await,
+            ),
         };
         let (success, message) = match &result {
             Ok(m) => {
@@ -217,7 +264,10 @@ async fn run(ctx: JobContext) -> Result<(), JobError> {
         .execute(&ctx.pool)
         .await?;
     }
-    tracing::info!("bulk update: {ok} row(s) applied, {failed} failed (see BulkUpdateResult for job {})", ctx.history.id);
+    tracing::info!(
+        "bulk update: {ok} row(s) applied, {failed} failed (see BulkUpdateResult for job {})",
+        ctx.history.id
+    );
     Ok(())
 }
 
@@ -233,7 +283,11 @@ async fn apply(
         return Err("no ticket key in the first column".into());
     }
     if values.len() > columns.len() {
-        return Err(format!("{} values for {} columns", values.len(), columns.len()));
+        return Err(format!(
+            "{} values for {} columns",
+            values.len(),
+            columns.len()
+        ));
     }
     let (mut status, mut assignee, mut comment) = (None, None, None);
     let mut fields = BTreeMap::new();
@@ -251,14 +305,19 @@ async fn apply(
             }
         }
     }
-    let requested = user.filter(|u| !u.is_empty()).map(|u| format!("requested by: {u}"));
+    let requested = user
+        .filter(|u| !u.is_empty())
+        .map(|u| format!("requested by: {u}"));
     let comment = match (comment, requested) {
         (Some(c), Some(r)) => Some(format!("{c}\n\n{r}")),
         (c, r) => c.or(r),
     };
     let mut done = Vec::new();
     if !fields.is_empty() {
-        engine.update_fields(key, &fields).await.map_err(|e| e.to_string())?;
+        engine
+            .update_fields(key, &fields)
+            .await
+            .map_err(|e| e.to_string())?;
         done.push(format!("{} field(s)", fields.len()));
     }
     if let Some(a) = &assignee {
@@ -267,15 +326,28 @@ async fn apply(
         done.push("assignee".to_string());
     }
     if let Some(s) = &status {
-        let options = TransitionOptions { comment: comment.clone(), ..Default::default() };
-        engine.transition(key, s, options).await.map_err(|e| e.to_string())?;
+        let options = TransitionOptions {
+            comment: comment.clone(),
+            ..Default::default()
+        };
+        engine
+            .transition(key, s, options)
+            .await
+            .map_err(|e| e.to_string())?;
         done.push(format!("status {}", engine.status_name(s)));
     }
     if let Some(c) = comment.as_deref().filter(|_| status.is_none()) {
-        engine.add_comment(key, c).await.map_err(|e| e.to_string())?;
+        engine
+            .add_comment(key, c)
+            .await
+            .map_err(|e| e.to_string())?;
         done.push("comment".to_string());
     }
-    Ok(if done.is_empty() { "nothing to change".into() } else { format!("updated {}", done.join(", ")) })
+    Ok(if done.is_empty() {
+        "nothing to change".into()
+    } else {
+        format!("updated {}", done.join(", "))
+    })
 }
 
 #[cfg(test)]
@@ -288,7 +360,10 @@ mod tests {
         let r = parse_csv(text);
         assert_eq!(r.len(), 3);
         assert_eq!(r[0].cells, ["update", "Status", "Comment"]);
-        assert_eq!(r[1].cells, ["VULN-1", "Resolved-Remediated", "fixed, \"really\"\nsee KB"]);
+        assert_eq!(
+            r[1].cells,
+            ["VULN-1", "Resolved-Remediated", "fixed, \"really\"\nsee KB"]
+        );
         assert_eq!(r[1].line, 2);
         assert_eq!(r[2].cells, ["VULN-2", "", ""]);
         assert_eq!(r[2].line, 4);

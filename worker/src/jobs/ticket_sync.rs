@@ -14,7 +14,7 @@
 use aegis_shared::model::ticket::{self, SyncedTicket};
 use chrono::{DateTime, Timelike, Utc};
 use futures::future::BoxFuture;
-use futures::stream::{StreamExt, TryStreamExt};
+use futures::stream::TryStreamExt;
 
 use super::{Job, JobContext, JobError};
 use crate::vendors::jira::jql::Field;

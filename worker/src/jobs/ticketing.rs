@@ -274,12 +274,15 @@ struct TagMap {
     options: String,
 }
 
+/// A device's tag: (TagKeyId, KeyValue, Value).
+type DeviceTag = (i32, String, String);
+
 /// Per-run caches of lookups many findings share.
 #[derive(Default)]
 struct Caches {
     os_types: Mutex<HashMap<String, String>>,
     references: Mutex<HashMap<String, Vec<String>>>,
-    tags: Mutex<HashMap<String, Vec<(i32, String, String)>>>,
+    tags: Mutex<HashMap<String, Vec<DeviceTag>>>,
 }
 
 /// Everything one run shares between its findings.
@@ -1107,7 +1110,7 @@ async fn build_ticket(
     })
 }
 
-fn rule_matches(r: &Rule, f: &Finding, title: &str, tags: &[(i32, String, String)]) -> bool {
+fn rule_matches(r: &Rule, f: &Finding, title: &str, tags: &[DeviceTag]) -> bool {
     let port = f.port.to_string();
     r.group_id.as_deref().is_none_or(|g| Some(g) == f.group_id.as_deref())
         && r.vuln_title.as_ref().is_none_or(|re| re.is_match(title))
@@ -1189,7 +1192,7 @@ async fn references(run: &Run, f: &Finding) -> Result<Vec<String>, JobError> {
     Ok(refs)
 }
 
-async fn device_tags(run: &Run, device_uuid: &str) -> Result<Vec<(i32, String, String)>, JobError> {
+async fn device_tags(run: &Run, device_uuid: &str) -> Result<Vec<DeviceTag>, JobError> {
     if let Some(t) = run
         .caches
         .tags
@@ -1199,7 +1202,7 @@ async fn device_tags(run: &Run, device_uuid: &str) -> Result<Vec<(i32, String, S
     {
         return Ok(t);
     }
-    let rows: Vec<(i32, String, String)> = sqlx::query_as(
+    let rows: Vec<DeviceTag> = sqlx::query_as(
         "SELECT t.TagKeyId, k.KeyValue, t.Value FROM Tag t JOIN TagKey k ON k.Id = t.TagKeyId
          WHERE t.DeviceID = ? ORDER BY t.TagKeyId",
     )
@@ -1360,6 +1363,198 @@ mod tests {
             "Apply patch from [the vendor|https://v.example/kb?a=1&b=2]."
         );
         assert_eq!(strip_html("a &lt;b&gt; <br/>c", false), "a <b> c");
+    }
+
+    fn finding() -> Finding {
+        Finding {
+            id: "d1".into(),
+            asset_id: "1001".into(),
+            detected: None,
+            proof: None,
+            port: 443,
+            protocol: "tcp".into(),
+            changed: Utc::now(),
+            device_uuid: "u1".into(),
+            ip: "10.0.0.5".into(),
+            hostname: "web1".into(),
+            mac: None,
+            group_id: Some("42".into()),
+            os: Some("Ubuntu Linux 18.04".into()),
+            tracking_method: Some("IP".into()),
+            source_vuln_id: "38739".into(),
+            title: Some("SSL weak ciphers".into()),
+            cvss: 7.5,
+            cvss3: Some(9.0),
+            description: String::new(),
+            threat: None,
+            solution: String::new(),
+            patchable: None,
+            category: Some("Network".into()),
+            vuln_source_id: None,
+        }
+    }
+
+    fn rule() -> Rule {
+        Rule {
+            assignment_group: None,
+            assignee: None,
+            application_name: None,
+            group_id: None,
+            vuln_title: None,
+            exclude_vuln_title: None,
+            hostname: None,
+            os: None,
+            category: None,
+            tag: None,
+            ports: None,
+            exclude_ports: None,
+        }
+    }
+
+    #[test]
+    fn assignment_rules_test_every_condition_and_the_os_against_the_os() {
+        let f = finding();
+        let t = "SSL weak ciphers";
+        let re = |s: &str| Some(Regex::new(s).unwrap());
+        assert!(
+            rule_matches(&rule(), &f, t, &[]),
+            "a rule without conditions matches"
+        );
+        assert!(rule_matches(
+            &Rule {
+                os: re("(?i)ubuntu"),
+                ..rule()
+            },
+            &f,
+            t,
+            &[]
+        ));
+        assert!(
+            !rule_matches(
+                &Rule {
+                    os: re("^web"),
+                    ..rule()
+                },
+                &f,
+                t,
+                &[]
+            ),
+            "OSRegex is not tested against the hostname"
+        );
+        assert!(rule_matches(
+            &Rule {
+                hostname: re("^web"),
+                ..rule()
+            },
+            &f,
+            t,
+            &[]
+        ));
+        assert!(!rule_matches(
+            &Rule {
+                group_id: Some("43".into()),
+                ..rule()
+            },
+            &f,
+            t,
+            &[]
+        ));
+        assert!(rule_matches(
+            &Rule {
+                vuln_title: re("SSL"),
+                ..rule()
+            },
+            &f,
+            t,
+            &[]
+        ));
+        assert!(!rule_matches(
+            &Rule {
+                exclude_vuln_title: re("SSL"),
+                ..rule()
+            },
+            &f,
+            t,
+            &[]
+        ));
+        assert!(rule_matches(
+            &Rule {
+                category: re("^Net"),
+                ..rule()
+            },
+            &f,
+            t,
+            &[]
+        ));
+        assert!(rule_matches(
+            &Rule {
+                ports: Some(vec!["80".into(), "443".into()]),
+                ..rule()
+            },
+            &f,
+            t,
+            &[]
+        ));
+        assert!(
+            !rule_matches(
+                &Rule {
+                    ports: Some(vec!["80".into(), " 443".into()]),
+                    ..rule()
+                },
+                &f,
+                t,
+                &[]
+            ),
+            "no trimming"
+        );
+        assert!(!rule_matches(
+            &Rule {
+                exclude_ports: Some(vec!["443".into()]),
+                ..rule()
+            },
+            &f,
+            t,
+            &[]
+        ));
+        let tags = [(3, "Team".to_string(), "payments".to_string())];
+        assert!(rule_matches(
+            &Rule {
+                tag: Some((3, Regex::new("^pay").unwrap())),
+                ..rule()
+            },
+            &f,
+            t,
+            &tags
+        ));
+        assert!(
+            !rule_matches(
+                &Rule {
+                    tag: Some((4, Regex::new(".*").unwrap())),
+                    ..rule()
+                },
+                &f,
+                t,
+                &tags
+            ),
+            "no tag of that key"
+        );
+    }
+
+    #[test]
+    fn cvss3_is_used_only_when_asked_for_and_present() {
+        let f = finding();
+        assert_eq!(score(&policy(2), &f), 7.5);
+        assert_eq!(score(&policy(3), &f), 9.0);
+        assert_eq!(
+            score(
+                &policy(3),
+                &Finding {
+                    cvss3: None,
+                    ..finding()
+                }
+            ),
+            7.5
+        );
     }
 
     #[test]

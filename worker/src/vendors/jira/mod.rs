@@ -49,7 +49,7 @@ pub enum TicketError {
         reason: String,
     },
     #[error(transparent)]
-    Http(#[from] SourceHttpError),
+    Http(Box<SourceHttpError>),
     #[error("JIRA answered {status} to {method} {path}: {message}")]
     Jira {
         method: Method,
@@ -72,15 +72,23 @@ pub enum TicketError {
     },
 }
 
+impl From<SourceHttpError> for TicketError {
+    fn from(e: SourceHttpError) -> Self {
+        TicketError::Http(Box::new(e))
+    }
+}
+
 impl TicketError {
     /// True when a non-idempotent request may or may not have taken effect
     /// (no response, a 5xx, a 429): search before trying again.
     pub fn is_ambiguous(&self) -> bool {
         match self {
-            TicketError::Http(SourceHttpError::Transport { .. } | SourceHttpError::Body { .. }) => {
-                true
-            }
-            TicketError::Http(SourceHttpError::Decode { .. }) => true,
+            TicketError::Http(e) => matches!(
+                **e,
+                SourceHttpError::Transport { .. }
+                    | SourceHttpError::Body { .. }
+                    | SourceHttpError::Decode { .. }
+            ),
             TicketError::Jira { status, .. } => *status >= 500 || *status == 429,
             _ => false,
         }
@@ -90,7 +98,10 @@ impl TicketError {
     pub fn status(&self) -> Option<u16> {
         match self {
             TicketError::Jira { status, .. } => Some(*status),
-            TicketError::Http(SourceHttpError::Status { status, .. }) => Some(status.as_u16()),
+            TicketError::Http(e) => match **e {
+                SourceHttpError::Status { status, .. } => Some(status.as_u16()),
+                _ => None,
+            },
             _ => None,
         }
     }
@@ -1018,7 +1029,7 @@ impl TicketEngine for JiraClient {
             if labels.is_empty() {
                 return Ok(Vec::new());
             }
-            let q = self.query().is_in(Field::LABELS, labels.to_vec());
+            let q = self.query().any_of(Field::LABELS, labels.to_vec());
             self.search(q).try_collect().await
         })
     }
