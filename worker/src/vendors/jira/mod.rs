@@ -23,6 +23,8 @@
 
 pub mod dates;
 pub mod jql;
+#[cfg(test)]
+mod sim_tests;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
