@@ -332,6 +332,8 @@ impl SourceClient {
             .map_err(|e| config_err(format!("cannot build the HTTP client: {}", e.without_url())))?;
 
         let auth = match vendor {
+            // OAuth 1.0a: the JIRA client signs each request itself.
+            Vendor::Jira if !creds.private_key.is_empty() && !creds.consumer_key.is_empty() => Auth::None,
             Vendor::Jira if creds.username.is_empty() && !creds.token.is_empty() => Auth::Bearer(creds.token),
             Vendor::Jira if creds.password.is_empty() && !creds.token.is_empty() => {
                 Auth::Basic { username: creds.username, password: creds.token }

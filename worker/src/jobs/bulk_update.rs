@@ -193,7 +193,7 @@ async fn run(ctx: JobContext) -> Result<(), JobError> {
             "BulkUpdateJob needs the JIRA source config as its in-source".into(),
         ));
     };
-    let engine = JiraClient::connect(ctx.client(jira)?, jira)
+    let engine = JiraClient::connect(ctx.client(jira)?, jira, ctx.settings.keyring.as_ref())
         .await
         .map_err(|e| JobError::Failed(anyhow::anyhow!("could not connect to JIRA: {e}")))?;
     let records = parse_csv(&text);

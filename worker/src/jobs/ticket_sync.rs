@@ -55,7 +55,7 @@ pub(crate) async fn connect(ctx: &JobContext, job: &str) -> Result<JiraSide, Job
             "{job} needs a JIRA in-source and a scanner out-source"
         )));
     };
-    let engine = JiraClient::connect(ctx.client(jira)?, jira)
+    let engine = JiraClient::connect(ctx.client(jira)?, jira, ctx.settings.keyring.as_ref())
         .await
         .map_err(|e| JobError::Failed(anyhow::anyhow!("could not connect to JIRA: {e}")))?;
     let since = ctx

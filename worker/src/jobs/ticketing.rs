@@ -342,7 +342,7 @@ async fn run(ctx: JobContext) -> Result<(), JobError> {
         ));
     };
     let engine: Arc<dyn TicketEngine> = Arc::new(
-        JiraClient::connect(ctx.client(jira_sc)?, jira_sc)
+        JiraClient::connect(ctx.client(jira_sc)?, jira_sc, ctx.settings.keyring.as_ref())
             .await
             .map_err(|e| JobError::Failed(anyhow::anyhow!("could not connect to JIRA: {e}")))?,
     );

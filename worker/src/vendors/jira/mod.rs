@@ -17,12 +17,14 @@
 //!   choose the next hop when no offered transition leads to the target.
 //! * Errors quote JIRA's own `errorMessages` and `errors`.
 //!
-//! Authentication is the SourceClient's: Basic (Username/Password) or a bearer
-//! personal access token (Token without Username). OAuth 1.0a is not offered
-//! (see `docs/ticketing.md`).
+//! Authentication: Basic (Username/Password) or a bearer personal access
+//! token (Token without Username), both set by the SourceClient, or OAuth 1.0a
+//! RSA-SHA1 (`PrivateKey` + `ConsumerKey`, access token in `Token`), signed
+//! here per request ([`oauth`]).
 
 pub mod dates;
 pub mod jql;
+pub mod oauth;
 #[cfg(test)]
 mod sim_tests;
 
@@ -30,10 +32,11 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 
 use aegis_shared::model::source_config::SourceConfig;
+use aegis_shared::secrets::Keyring;
 use aegis_shared::source_http::{RequestSpec, SourceClient, SourceHttpError, SourceResponse};
 use futures::future::BoxFuture;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
-use reqwest::{Method, StatusCode};
+use reqwest::{Method, StatusCode, Url};
 use serde_json::{json, Map, Value};
 
 use self::jql::{Field, Query};
@@ -294,6 +297,8 @@ pub struct JiraClient {
     aegis_by_id: HashMap<String, String>,
     issue_type: Value,
     users: Mutex<HashMap<String, Option<User>>>,
+    /// Set for OAuth 1.0a: signs each request against `base`.
+    oauth: Option<(oauth::OAuthSigner, Url)>,
 }
 
 const FIELD_PATH: &str = "/rest/api/2/field";
@@ -304,8 +309,47 @@ const ISSUE_KEY_PATH: &str = "/rest/api/2/issue/{key}";
 
 impl JiraClient {
     /// Reads the payload and loads the field catalogue and issue types.
-    pub async fn connect(http: SourceClient, sc: &SourceConfig) -> Result<JiraClient, TicketError> {
+    pub async fn connect(
+        http: SourceClient,
+        sc: &SourceConfig,
+        keyring: Option<&Keyring>,
+    ) -> Result<JiraClient, TicketError> {
         let settings = Settings::parse(sc)?;
+        let config_err = |reason: String| TicketError::Config {
+            source_config: sc.id.clone(),
+            reason,
+        };
+        let creds = sc
+            .credentials(keyring)
+            .map_err(|e| config_err(e.to_string()))?;
+        let oauth = if !creds.private_key.is_empty() && !creds.consumer_key.is_empty() {
+            let signer = oauth::OAuthSigner::new(
+                creds.consumer_key.expose(),
+                creds.private_key.expose(),
+                creds.token.expose(),
+            )
+            .map_err(config_err)?;
+            let address = sc
+                .address
+                .as_deref()
+                .unwrap_or_default()
+                .trim()
+                .trim_end_matches('/');
+            let mut base =
+                Url::parse(address).map_err(|e| config_err(format!("Address {address:?}: {e}")))?;
+            if let Some(port) = sc
+                .port
+                .as_deref()
+                .and_then(|p| p.trim().parse::<u16>().ok())
+            {
+                if base.port().is_none() {
+                    let _ = base.set_port(Some(port));
+                }
+            }
+            Some((signer, base))
+        } else {
+            None
+        };
         let mut client = JiraClient {
             http,
             settings,
@@ -313,6 +357,7 @@ impl JiraClient {
             aegis_by_id: HashMap::new(),
             issue_type: Value::Null,
             users: Mutex::new(HashMap::new()),
+            oauth,
         };
         let catalogue: Vec<Value> = client.get_json(FIELD_PATH, FIELD_PATH).await?;
         for f in catalogue {
@@ -411,10 +456,31 @@ impl JiraClient {
 
     async fn call(&self, spec: RequestSpec) -> Result<SourceResponse, TicketError> {
         let (method, path) = (spec.method.clone(), spec.path_template.clone());
-        let spec = spec.header(
+        let mut spec = spec.header(
             reqwest::header::ACCEPT,
             reqwest::header::HeaderValue::from_static("application/json"),
         );
+        if let Some((signer, base)) = &self.oauth {
+            // The URL the source client will send to (same joining rule).
+            let mut url = base.clone();
+            let path = format!(
+                "{}/{}",
+                base.path().trim_end_matches('/'),
+                spec.url_path.trim_start_matches('/')
+            );
+            url.set_path(&path);
+            if !spec.query.is_empty() {
+                url.query_pairs_mut().extend_pairs(spec.query.iter());
+            }
+            let mut value =
+                reqwest::header::HeaderValue::from_str(&signer.header(&spec.method, &url))
+                    .map_err(|e| TicketError::Decode {
+                        what: "the OAuth header".into(),
+                        reason: e.to_string(),
+                    })?;
+            value.set_sensitive(true);
+            spec = spec.header(reqwest::header::AUTHORIZATION, value);
+        }
         let resp = self.http.send(spec).await?;
         if resp.status().is_success() {
             return Ok(resp);

@@ -37,7 +37,7 @@ async fn client(sim: &Simulator) -> JiraClient {
     )
     .expect("limiter");
     let http = SourceClient::new(&sc, None, limiter, limits).expect("client");
-    JiraClient::connect(http, &sc)
+    JiraClient::connect(http, &sc, None)
         .await
         .expect("connects to the simulator")
 }
@@ -176,5 +176,48 @@ async fn transitions_take_several_hops_and_errors_quote_jira() {
     );
     let bad = jira.get("VULN-1/../2").await.expect_err("not a key");
     assert!(bad.to_string().contains("not a JIRA issue key"));
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn oauth_1a_credentials_sign_every_request() {
+    use rsa::pkcs1::EncodeRsaPrivateKey;
+    let sim = simulator(1000).await;
+    let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 1024).expect("key");
+    let pem = key
+        .to_pkcs1_pem(rsa::pkcs8::LineEnding::LF)
+        .expect("pem")
+        .to_string();
+    let auth = serde_json::json!({
+        "PrivateKey": pem, "ConsumerKey": "aegis-consumer",
+        "Token": r#"{"Token":"access-token","TokenSecret":"s"}"#, "Concurrency": 2,
+    });
+    let sc = SourceConfig {
+        id: uuid::Uuid::new_v4().to_string(),
+        source: Some("JIRA".into()),
+        source_id: None,
+        organization_id: None,
+        address: Some(sim.jira_url()),
+        port: None,
+        auth_info: auth.to_string(),
+        payload: sim.source_configs()["jira"]["payload"].to_string(),
+        active: true,
+    };
+    let limits = LimitsCache::fixed([(sc.id.clone(), sc.limits().expect("limits"))]);
+    let limiter = Limiter::with_options(
+        "redis://127.0.0.1:6379/0",
+        "jira-oauth-test",
+        LimiterOptions::default(),
+    )
+    .expect("limiter");
+    let http = SourceClient::new(&sc, None, limiter, limits).expect("client");
+    let jira = JiraClient::connect(http, &sc, None)
+        .await
+        .expect("connects with OAuth");
+    let t = jira
+        .create(&ticket("web1", "aegis-oauth"))
+        .await
+        .expect("created with OAuth");
+    assert_eq!(jira.get(&t.key).await.expect("read back").key, t.key);
     sim.shutdown().await;
 }
