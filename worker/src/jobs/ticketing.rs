@@ -1099,7 +1099,9 @@ async fn build_ticket(
     labels.push(label.to_string());
     Ok(NewTicket {
         summary: truncate(
-            &strip_html(&format!("VRR ({} - {}): {title}", f.ip, hostname), false),
+            // The device's own hostname, as the original built the summary
+            // before tag mapping.
+            &strip_html(&format!("VRR ({} - {}): {title}", f.ip, f.hostname), false),
             255,
         ),
         description,
