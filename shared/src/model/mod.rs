@@ -7,6 +7,7 @@ pub mod job_config;
 pub mod job_history;
 pub mod organization;
 pub mod source_config;
+pub mod ticket;
 
 /// Why a model operation was refused. Messages name the field and what to do.
 #[derive(Debug, thiserror::Error)]

@@ -7,7 +7,11 @@
 //! Jobs stop at their next await point once `ctx.cancel` fires; the runner
 //! aborts a job that does not stop within a grace period.
 
+pub mod bulk_update;
 pub mod diagnostic;
+pub mod exception;
+pub mod ticket_sync;
+pub mod ticketing;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -125,6 +129,10 @@ impl Registry {
     pub fn standard() -> Self {
         let mut r = Registry::default();
         r.register(diagnostic::DiagnosticJob);
+        r.register(ticketing::TicketingJob);
+        r.register(ticket_sync::TicketSyncJob);
+        r.register(exception::ExceptionJob);
+        r.register(bulk_update::BulkUpdateJob);
         r
     }
 
