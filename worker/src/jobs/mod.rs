@@ -7,7 +7,9 @@
 //! Jobs stop at their next await point once `ctx.cancel` fires; the runner
 //! aborts a job that does not stop within a grace period.
 
+pub mod asset_sync;
 pub mod diagnostic;
+pub mod vuln_sync;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -120,6 +122,8 @@ impl Registry {
     pub fn standard() -> Self {
         let mut r = Registry::default();
         r.register(diagnostic::DiagnosticJob);
+        r.register(asset_sync::AssetSyncJob);
+        r.register(vuln_sync::VulnSyncJob);
         r
     }
 
