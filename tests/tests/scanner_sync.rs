@@ -10,7 +10,9 @@ use aegis_shared::model::job_config::{self, NewJobConfig};
 use aegis_shared::model::organization::{self, NewOrganization, OrgPayload};
 use aegis_shared::model::source_config::{self, NewSourceConfig, Vendor};
 use aegis_shared::secrets::Secret;
-use aegis_sim::{EstateSpec, FaultAction, FaultSpec, Proto, ScanTiming, SimConfig, Simulator, WorldFixture};
+use aegis_sim::{
+    EstateSpec, FaultAction, FaultSpec, Proto, ScanTiming, SimConfig, Simulator, WorldFixture,
+};
 use aegis_tests::eventually;
 use aegis_tests::fleet::Fleet;
 use serde_json::json;
@@ -52,7 +54,12 @@ fn fixture() -> WorldFixture {
 }
 
 async fn sim_with(fixture: Option<WorldFixture>, estate: EstateSpec) -> anyhow::Result<Simulator> {
-    let mut cfg = SimConfig { estate, fixture, scan_timing: ScanTiming::fast(), ..Default::default() };
+    let mut cfg = SimConfig {
+        estate,
+        fixture,
+        scan_timing: ScanTiming::fast(),
+        ..Default::default()
+    };
     cfg.qualys.concurrency_limit = 4;
     Ok(Simulator::start(cfg).await?)
 }
@@ -66,7 +73,13 @@ struct Org {
     asset_sync: String,
 }
 
-async fn org(f: &Fleet, code: &str, vendor: Vendor, address: &str, groups: &[&str]) -> anyhow::Result<Org> {
+async fn org(
+    f: &Fleet,
+    code: &str,
+    vendor: Vendor,
+    address: &str,
+    groups: &[&str],
+) -> anyhow::Result<Org> {
     let mut tx = f.pool().begin().await?;
     let org = organization::create(
         &mut tx,
@@ -112,20 +125,34 @@ async fn org(f: &Fleet, code: &str, vendor: Vendor, address: &str, groups: &[&st
         max_instances: 0,
         auto_start: false,
     };
-    let vuln_sync = job_config::create(&mut tx, &org.id, &jc("VulnSyncJob", json!({})), "test").await?;
+    let vuln_sync =
+        job_config::create(&mut tx, &org.id, &jc("VulnSyncJob", json!({})), "test").await?;
     let asset_sync = job_config::create(
         &mut tx,
         &org.id,
-        &jc("AssetSyncJob", json!({"groups": groups, "groups_exempt_from_global_exceptions": null})),
+        &jc(
+            "AssetSyncJob",
+            json!({"groups": groups, "groups_exempt_from_global_exceptions": null}),
+        ),
         "test",
     )
     .await?;
     tx.commit().await?;
-    Ok(Org { id: org.id, source_id: sc.source_id.clone().unwrap_or_default(), source_config: sc.id, vuln_sync, asset_sync })
+    Ok(Org {
+        id: org.id,
+        source_id: sc.source_id.clone().unwrap_or_default(),
+        source_config: sc.id,
+        vuln_sync,
+        asset_sync,
+    })
 }
 
 /// Inserts a run of a job config (its payload, or `payload`) the way an operator would.
-async fn start(f: &Fleet, config: &str, payload: Option<serde_json::Value>) -> anyhow::Result<String> {
+async fn start(
+    f: &Fleet,
+    config: &str,
+    payload: Option<serde_json::Value>,
+) -> anyhow::Result<String> {
     let id = uuid::Uuid::new_v4().to_string();
     sqlx::query(
         "INSERT INTO JobHistory (ID, JobId, ConfigID, StatusId, Priority, Payload)
@@ -139,14 +166,21 @@ async fn start(f: &Fleet, config: &str, payload: Option<serde_json::Value>) -> a
     Ok(id)
 }
 
-async fn run_ok(f: &Fleet, config: &str, payload: Option<serde_json::Value>) -> anyhow::Result<String> {
+async fn run_ok(
+    f: &Fleet,
+    config: &str,
+    payload: Option<serde_json::Value>,
+) -> anyhow::Result<String> {
     let id = start(f, config, payload).await?;
     f.wait_status(&id, 3, T).await?;
     Ok(id)
 }
 
 async fn last_error(f: &Fleet, id: &str) -> anyhow::Result<String> {
-    let (e,): (Option<String>,) = sqlx::query_as("SELECT LastError FROM JobHistory WHERE ID = ?").bind(id).fetch_one(f.pool()).await?;
+    let (e,): (Option<String>,) = sqlx::query_as("SELECT LastError FROM JobHistory WHERE ID = ?")
+        .bind(id)
+        .fetch_one(f.pool())
+        .await?;
     Ok(e.unwrap_or_default())
 }
 
@@ -161,7 +195,17 @@ async fn fleet() -> anyhow::Result<Fleet> {
 type Detections = BTreeMap<(String, String, i32, String), (String, Option<String>, bool, String)>;
 
 async fn detections(f: &Fleet, org: &str) -> anyhow::Result<Detections> {
-    let rows: Vec<(String, String, i32, String, String, Option<String>, bool, String)> = sqlx::query_as(
+    type Row = (
+        String,
+        String,
+        i32,
+        String,
+        String,
+        Option<String>,
+        bool,
+        String,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT d.DeviceID, v.SourceVulnId, d.Port, d.Protocol, s.Status, d.IgnoreID, d.LastFound IS NOT NULL,
                 DATE_FORMAT(d.Updated, '%Y-%m-%d %H:%i:%s.%f')
            FROM Detection d JOIN VulnerabilityInfo v ON v.ID = d.VulnerabilityID JOIN DetectionStatus s ON s.Id = d.DetectionStatusId
@@ -170,14 +214,28 @@ async fn detections(f: &Fleet, org: &str) -> anyhow::Result<Detections> {
     .bind(org)
     .fetch_all(f.pool())
     .await?;
-    Ok(rows.into_iter().map(|(d, v, p, pr, s, i, lf, u)| ((d, v, p, pr), (s, i, lf, u))).collect())
+    Ok(rows
+        .into_iter()
+        .map(|(d, v, p, pr, s, i, lf, u)| ((d, v, p, pr), (s, i, lf, u)))
+        .collect())
 }
 
 fn key(asset: &str, vuln: &str, port: i32) -> (String, String, i32, String) {
     (asset.into(), vuln.into(), port, "tcp".into())
 }
 
-async fn add_ignore(f: &Fleet, o: &Org, type_id: i32, device: &str, vuln: &str, port: &str, due: &str, os_regex: Option<&str>, host_regex: Option<&str>) -> anyhow::Result<String> {
+#[allow(clippy::too_many_arguments)]
+async fn add_ignore(
+    f: &Fleet,
+    o: &Org,
+    type_id: i32,
+    device: &str,
+    vuln: &str,
+    port: &str,
+    due: &str,
+    os_regex: Option<&str>,
+    host_regex: Option<&str>,
+) -> anyhow::Result<String> {
     let id = uuid::Uuid::new_v4().to_string();
     sqlx::query(
         "INSERT INTO `Ignore` (ID, SourceID, OrganizationID, TypeId, VulnerabilityId, DeviceID, OSRegex, HostnameRegex, DueDate, Approval, Active, Port)
@@ -205,7 +263,13 @@ async fn qualys_scan(sim: &Simulator, ips: &str) -> anyhow::Result<()> {
         .post(format!("{}/api/2.0/fo/scan/", sim.qualys_url()))
         .basic_auth("aegis", Some("aegis"))
         .header("X-Requested-With", "test")
-        .query(&[("action", "launch"), ("scan_title", "test"), ("option_id", "300001"), ("ip", ips), ("iscanner_id", "7")])
+        .query(&[
+            ("action", "launch"),
+            ("scan_title", "test"),
+            ("option_id", "300001"),
+            ("ip", ips),
+            ("iscanner_id", "7"),
+        ])
         .send()
         .await?;
     let body = r.text().await?;
@@ -227,7 +291,9 @@ async fn qualys_scan(sim: &Simulator, ips: &str) -> anyhow::Result<()> {
                 .await?
                 .text()
                 .await?;
-            Ok((body.contains("<STATE>Finished</STATE>") && body.contains("<PROCESSED>1</PROCESSED>")).then_some(()))
+            Ok((body.contains("<STATE>Finished</STATE>")
+                && body.contains("<PROCESSED>1</PROCESSED>"))
+            .then_some(()))
         }
     })
     .await
@@ -246,11 +312,17 @@ async fn qualys_sync_writes_exact_devices_detections_statuses_and_ignores() -> a
     )
     .fetch_all(f.pool())
     .await?;
-    assert_eq!(vulns.iter().map(|v| v.0.as_str()).collect::<Vec<_>>(), ["38739", "38740", "38741", "38742"]);
+    assert_eq!(
+        vulns.iter().map(|v| v.0.as_str()).collect::<Vec<_>>(),
+        ["38739", "38740", "38741", "38742"]
+    );
     assert_eq!(vulns[0].1, "SSL weak ciphers");
     assert!((vulns[0].2 - 7.5).abs() < 0.01);
     assert_eq!(vulns[0].3.as_deref(), Some("Yes"));
-    assert!(vulns.iter().all(|v| v.4 == o.source_id), "VulnerabilityInfo.SourceID is the scanner Source.ID");
+    assert!(
+        vulns.iter().all(|v| v.4 == o.source_id),
+        "VulnerabilityInfo.SourceID is the scanner Source.ID"
+    );
     let refs: Vec<(String, String, i32)> =
         sqlx::query_as("SELECT VulnInfoID, Reference, RefType FROM Vulnerability_Reference WHERE RefType = 0 AND VulnInfoID LIKE '387%' ORDER BY VulnInfoID, Reference")
             .fetch_all(f.pool())
@@ -258,17 +330,69 @@ async fn qualys_sync_writes_exact_devices_detections_statuses_and_ignores() -> a
     let cves: Vec<_> = refs.iter().map(|r| (r.0.as_str(), r.1.as_str())).collect();
     assert_eq!(
         cves,
-        [("38739", "CVE-2016-2183"), ("38740", "CVE-2018-15473"), ("38740", "CVE-2018-15919"), ("38742", "CVE-2017-9798")]
+        [
+            ("38739", "CVE-2016-2183"),
+            ("38740", "CVE-2018-15473"),
+            ("38740", "CVE-2018-15919"),
+            ("38742", "CVE-2017-9798")
+        ]
     );
     let (last,): (Option<chrono::DateTime<chrono::Utc>>,) =
-        sqlx::query_as("SELECT LastJobStart FROM JobConfig WHERE ID = ?").bind(&o.vuln_sync).fetch_one(f.pool()).await?;
+        sqlx::query_as("SELECT LastJobStart FROM JobConfig WHERE ID = ?")
+            .bind(&o.vuln_sync)
+            .fetch_one(f.pool())
+            .await?;
     assert!(last.is_some(), "a successful run advances LastJobStart");
 
     // One ignore of each kind.
-    let exception = add_ignore(&f, &o, 0, "1001", "38739", "443 tcp", "2999-01-01", None, None).await?;
-    let _expired = add_ignore(&f, &o, 0, "1001", "38740", "22 tcp", "2000-01-01", None, None).await?;
-    let false_positive = add_ignore(&f, &o, 1, "1002", "38741", "8080 tcp", "2000-01-01", None, None).await?;
-    let global = add_ignore(&f, &o, 0, "", "", "", "2999-01-01", Some("(?i)windows"), None).await?;
+    let exception = add_ignore(
+        &f,
+        &o,
+        0,
+        "1001",
+        "38739",
+        "443 tcp",
+        "2999-01-01",
+        None,
+        None,
+    )
+    .await?;
+    let _expired = add_ignore(
+        &f,
+        &o,
+        0,
+        "1001",
+        "38740",
+        "22 tcp",
+        "2000-01-01",
+        None,
+        None,
+    )
+    .await?;
+    let false_positive = add_ignore(
+        &f,
+        &o,
+        1,
+        "1002",
+        "38741",
+        "8080 tcp",
+        "2000-01-01",
+        None,
+        None,
+    )
+    .await?;
+    let global = add_ignore(
+        &f,
+        &o,
+        0,
+        "",
+        "",
+        "",
+        "2999-01-01",
+        Some("(?i)windows"),
+        None,
+    )
+    .await?;
     let decommissioned = add_ignore(&f, &o, 2, "1004", "", "", "2999-01-01", None, None).await?;
     let seen_since = add_ignore(&f, &o, 2, "1005", "", "", "2000-01-01", None, None).await?;
 
@@ -281,7 +405,18 @@ async fn qualys_sync_writes_exact_devices_detections_statuses_and_ignores() -> a
     .bind(&o.id)
     .fetch_all(f.pool())
     .await?;
-    let summary: Vec<_> = devices.iter().map(|d| (d.0.as_str(), d.1.as_str(), d.2.as_str(), d.3.as_str(), d.5.as_str())).collect();
+    let summary: Vec<_> = devices
+        .iter()
+        .map(|d| {
+            (
+                d.0.as_str(),
+                d.1.as_str(),
+                d.2.as_str(),
+                d.3.as_str(),
+                d.5.as_str(),
+            )
+        })
+        .collect();
     assert_eq!(
         summary,
         [
@@ -291,7 +426,10 @@ async fn qualys_sync_writes_exact_devices_detections_statuses_and_ignores() -> a
             ("1005", "10.0.0.5", "back.example", "42", "Redhat"),
         ]
     );
-    assert!(devices.iter().all(|d| d.4 == o.source_id), "Device.SourceID is the scanner Source.ID, not the SourceConfig ID");
+    assert!(
+        devices.iter().all(|d| d.4 == o.source_id),
+        "Device.SourceID is the scanner Source.ID, not the SourceConfig ID"
+    );
 
     let d = detections(&f, &o.id).await?;
     let expect: BTreeMap<_, _> = [
@@ -306,9 +444,18 @@ async fn qualys_sync_writes_exact_devices_detections_statuses_and_ignores() -> a
     .collect();
     let got: BTreeMap<_, _> = d.iter().map(|(k, v)| (k.clone(), v.1.clone())).collect();
     assert_eq!(got, expect);
-    assert!(d.values().all(|v| v.0 == "vulnerable" && v.2), "every detection is vulnerable with a LastFound");
-    let (active,): (bool,) = sqlx::query_as("SELECT Active FROM `Ignore` WHERE ID = ?").bind(&seen_since).fetch_one(f.pool()).await?;
-    assert!(!active, "a decommissioned device seen since its decommission date is active again");
+    assert!(
+        d.values().all(|v| v.0 == "vulnerable" && v.2),
+        "every detection is vulnerable with a LastFound"
+    );
+    let (active,): (bool,) = sqlx::query_as("SELECT Active FROM `Ignore` WHERE ID = ?")
+        .bind(&seen_since)
+        .fetch_one(f.pool())
+        .await?;
+    assert!(
+        !active,
+        "a decommissioned device seen since its decommission date is active again"
+    );
     let (groups,): (i64,) = sqlx::query_as(
         "SELECT COUNT(*) FROM AssetGroup WHERE GroupID = '42' AND OrganizationID = ? AND ScannerSourceConfigID = ? AND ScannerSourceID = ?",
     )
@@ -322,10 +469,23 @@ async fn qualys_sync_writes_exact_devices_detections_statuses_and_ignores() -> a
     // Re-run: nothing changes. Then with the group exempt from global exceptions:
     // only the globally-excepted detection changes.
     run_ok(&f, &o.asset_sync, None).await?;
-    assert_eq!(detections(&f, &o.id).await?, d, "a re-run with nothing new changes no row");
-    run_ok(&f, &o.asset_sync, Some(json!({"groups": ["42"], "groups_exempt_from_global_exceptions": ["42"]}))).await?;
+    assert_eq!(
+        detections(&f, &o.id).await?,
+        d,
+        "a re-run with nothing new changes no row"
+    );
+    run_ok(
+        &f,
+        &o.asset_sync,
+        Some(json!({"groups": ["42"], "groups_exempt_from_global_exceptions": ["42"]})),
+    )
+    .await?;
     let after = detections(&f, &o.id).await?;
-    let changed: BTreeSet<_> = after.iter().filter(|(k, v)| d.get(*k) != Some(v)).map(|(k, _)| k.clone()).collect();
+    let changed: BTreeSet<_> = after
+        .iter()
+        .filter(|(k, v)| d.get(*k) != Some(v))
+        .map(|(k, _)| k.clone())
+        .collect();
     assert_eq!(changed, [key("1002", "38739", 443)].into_iter().collect());
     assert_eq!(after[&key("1002", "38739", 443)].1, None);
     sim.shutdown().await;
@@ -351,9 +511,22 @@ async fn second_sync_changes_exactly_the_fixed_and_the_added_host() -> anyhow::R
     assert_eq!(after.len(), 7, "one detection added, none duplicated");
     assert_eq!(after[&key("1001", "38739", 443)].0, "fixed");
     assert_eq!(after[&key("1003", "38741", 8080)].0, "vulnerable");
-    let changed: BTreeSet<_> = after.iter().filter(|(k, v)| before.get(*k) != Some(v)).map(|(k, _)| k.0.clone()).collect();
-    assert_eq!(changed, ["1001".to_string(), "1003".to_string()].into_iter().collect(), "only rows of the scanned hosts change");
-    let (devices,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM Device WHERE OrganizationID = ?").bind(&o.id).fetch_one(f.pool()).await?;
+    let changed: BTreeSet<_> = after
+        .iter()
+        .filter(|(k, v)| before.get(*k) != Some(v))
+        .map(|(k, _)| k.0.clone())
+        .collect();
+    assert_eq!(
+        changed,
+        ["1001".to_string(), "1003".to_string()]
+            .into_iter()
+            .collect(),
+        "only rows of the scanned hosts change"
+    );
+    let (devices,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM Device WHERE OrganizationID = ?")
+        .bind(&o.id)
+        .fetch_one(f.pool())
+        .await?;
     assert_eq!(devices, 5);
     sim.shutdown().await;
     Ok(())
@@ -361,30 +534,75 @@ async fn second_sync_changes_exactly_the_fixed_and_the_added_host() -> anyhow::R
 
 #[tokio::test]
 async fn retried_job_after_kill_9_ends_with_the_rows_of_a_clean_run() -> anyhow::Result<()> {
-    let sim = sim_with(None, EstateSpec { hosts: 3000, detections_per_host: 10, seed: 7 }).await?;
+    let sim = sim_with(
+        None,
+        EstateSpec {
+            hosts: 3000,
+            detections_per_host: 10,
+            seed: 7,
+        },
+    )
+    .await?;
     let mut f = fleet().await?;
-    let crashed = org(&f, "QCRASH", Vendor::Qualys, &sim.qualys_url(), &["1", "2", "3"]).await?;
-    let clean = org(&f, "QCLEAN", Vendor::Qualys, &sim.qualys_url(), &["1", "2", "3"]).await?;
+    let crashed = org(
+        &f,
+        "QCRASH",
+        Vendor::Qualys,
+        &sim.qualys_url(),
+        &["1", "2", "3"],
+    )
+    .await?;
+    let clean = org(
+        &f,
+        "QCLEAN",
+        Vendor::Qualys,
+        &sim.qualys_url(),
+        &["1", "2", "3"],
+    )
+    .await?;
     run_ok(&f, &crashed.vuln_sync, None).await?;
 
     // Slow the listing down so the kill lands mid-sync.
-    sim.inject_fault(FaultSpec::new(aegis_sim::Vendor::Qualys, FaultAction::Latency { ms: 1500 }, 2).on(HLD));
+    sim.inject_fault(
+        FaultSpec::new(
+            aegis_sim::Vendor::Qualys,
+            FaultAction::Latency { ms: 1500 },
+            2,
+        )
+        .on(HLD),
+    );
     let id = start(&f, &crashed.asset_sync, None).await?;
     eventually("the first batches to be written", T, || async {
-        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM Detection WHERE OrganizationID = ?").bind(&crashed.id).fetch_one(f.pool()).await?;
+        let (n,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM Detection WHERE OrganizationID = ?")
+                .bind(&crashed.id)
+                .fetch_one(f.pool())
+                .await?;
         Ok((n > 0).then_some(()))
     })
     .await?;
     f.processes[1].kill_9();
-    let (partial,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM Detection WHERE OrganizationID = ?").bind(&crashed.id).fetch_one(f.pool()).await?;
-    assert!(partial < 30_000, "the kill landed mid-sync ({partial} rows)");
+    let (partial,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM Detection WHERE OrganizationID = ?")
+            .bind(&crashed.id)
+            .fetch_one(f.pool())
+            .await?;
+    assert!(
+        partial < 30_000,
+        "the kill landed mid-sync ({partial} rows)"
+    );
     f.worker()?;
     f.wait_status(&id, 3, Duration::from_secs(120)).await?;
-    let (attempt,): (i32,) = sqlx::query_as("SELECT Attempt FROM JobHistory WHERE ID = ?").bind(&id).fetch_one(f.pool()).await?;
+    let (attempt,): (i32,) = sqlx::query_as("SELECT Attempt FROM JobHistory WHERE ID = ?")
+        .bind(&id)
+        .fetch_one(f.pool())
+        .await?;
     assert!(attempt >= 2, "the row was retried");
 
     run_ok(&f, &clean.asset_sync, None).await?;
-    let strip = |d: Detections| -> BTreeMap<_, _> { d.into_iter().map(|(k, v)| (k, (v.0, v.1, v.2))).collect() };
+    let strip = |d: Detections| -> BTreeMap<_, _> {
+        d.into_iter().map(|(k, v)| (k, (v.0, v.1, v.2))).collect()
+    };
     let a = strip(detections(&f, &crashed.id).await?);
     let b = strip(detections(&f, &clean.id).await?);
     assert_eq!(a.len(), 30_000);
@@ -394,21 +612,36 @@ async fn retried_job_after_kill_9_ends_with_the_rows_of_a_clean_run() -> anyhow:
 }
 
 #[tokio::test]
-async fn malformed_xml_and_paging_loops_fail_the_job_and_leave_the_database_consistent() -> anyhow::Result<()> {
+async fn malformed_xml_and_paging_loops_fail_the_job_and_leave_the_database_consistent(
+) -> anyhow::Result<()> {
     let sim = sim_with(Some(fixture()), EstateSpec::default()).await?;
     let f = fleet().await?;
     let o = org(&f, "QFAULT", Vendor::Qualys, &sim.qualys_url(), &["42"]).await?;
     run_ok(&f, &o.vuln_sync, None).await?;
 
-    sim.inject_fault(FaultSpec::new(aegis_sim::Vendor::Qualys, FaultAction::MalformedBody, 1).on(HLD));
+    sim.inject_fault(
+        FaultSpec::new(aegis_sim::Vendor::Qualys, FaultAction::MalformedBody, 1).on(HLD),
+    );
     let id = start(&f, &o.asset_sync, None).await?;
     f.wait_status(&id, 4, T).await?;
     let e = last_error(&f, &id).await?;
-    assert!(e.contains("not the expected document") && e.contains(HLD) && e.contains("<?xml"), "{e}");
-    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM Detection WHERE OrganizationID = ?").bind(&o.id).fetch_one(f.pool()).await?;
-    assert_eq!(n, 0, "nothing of a document that failed before its first host is written");
+    assert!(
+        e.contains("not the expected document") && e.contains(HLD) && e.contains("<?xml"),
+        "{e}"
+    );
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM Detection WHERE OrganizationID = ?")
+        .bind(&o.id)
+        .fetch_one(f.pool())
+        .await?;
+    assert_eq!(
+        n, 0,
+        "nothing of a document that failed before its first host is written"
+    );
     let (last,): (Option<chrono::DateTime<chrono::Utc>>,) =
-        sqlx::query_as("SELECT LastJobStart FROM JobConfig WHERE ID = ?").bind(&o.asset_sync).fetch_one(f.pool()).await?;
+        sqlx::query_as("SELECT LastJobStart FROM JobConfig WHERE ID = ?")
+            .bind(&o.asset_sync)
+            .fetch_one(f.pool())
+            .await?;
     assert!(last.is_none(), "a failed run does not advance LastJobStart");
 
     sim.inject_fault(FaultSpec::new(aegis_sim::Vendor::Qualys, FaultAction::PagingLoop, 1).on(HLD));
@@ -437,7 +670,8 @@ async fn malformed_xml_and_paging_loops_fail_the_job_and_leave_the_database_cons
 }
 
 #[tokio::test]
-async fn nexpose_sync_stores_vulnerabilities_and_detections_with_a_last_found() -> anyhow::Result<()> {
+async fn nexpose_sync_stores_vulnerabilities_and_detections_with_a_last_found() -> anyhow::Result<()>
+{
     let sim = sim_with(Some(fixture()), EstateSpec::default()).await?;
     let f = fleet().await?;
     let o = org(&f, "NSYNC", Vendor::Nexpose, &sim.nexpose_url(), &["1"]).await?;
@@ -451,13 +685,19 @@ async fn nexpose_sync_stores_vulnerabilities_and_detections_with_a_last_found() 
     .fetch_one(f.pool())
     .await?;
     assert_eq!((n, refs), (4, 4));
-    let (solution,): (String,) =
-        sqlx::query_as("SELECT Solution FROM VulnerabilityInfo WHERE SourceVulnId = 'sim-vuln-38739'").fetch_one(f.pool()).await?;
+    let (solution,): (String,) = sqlx::query_as(
+        "SELECT Solution FROM VulnerabilityInfo WHERE SourceVulnId = 'sim-vuln-38739'",
+    )
+    .fetch_one(f.pool())
+    .await?;
     assert!(solution.contains("Disable weak ciphers"), "{solution}");
 
     run_ok(&f, &o.asset_sync, None).await?;
     let d = detections(&f, &o.id).await?;
-    let keys: BTreeSet<_> = d.keys().map(|k| (k.0.as_str(), k.1.as_str(), k.2)).collect();
+    let keys: BTreeSet<_> = d
+        .keys()
+        .map(|k| (k.0.as_str(), k.1.as_str(), k.2))
+        .collect();
     assert_eq!(
         keys,
         [
@@ -471,9 +711,16 @@ async fn nexpose_sync_stores_vulnerabilities_and_detections_with_a_last_found() 
         .into_iter()
         .collect()
     );
-    assert!(d.values().all(|v| v.0 == "vulnerable" && v.2), "Nexpose detections have a LastFound (the original left it NULL)");
+    assert!(
+        d.values().all(|v| v.0 == "vulnerable" && v.2),
+        "Nexpose detections have a LastFound (the original left it NULL)"
+    );
     run_ok(&f, &o.asset_sync, None).await?;
-    assert_eq!(detections(&f, &o.id).await?, d, "a Nexpose re-sync with nothing new changes no row");
+    assert_eq!(
+        detections(&f, &o.id).await?,
+        d,
+        "a Nexpose re-sync with nothing new changes no row"
+    );
     sim.shutdown().await;
     Ok(())
 }

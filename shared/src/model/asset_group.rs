@@ -7,7 +7,13 @@ use super::ModelError;
 
 /// Creates the group's row unless it exists (keyed on group, organization and
 /// scanner SourceConfig).
-pub async fn ensure(pool: &MySqlPool, org_id: &str, group_id: &str, source_config_id: &str, scanner_source_id: &str) -> Result<(), ModelError> {
+pub async fn ensure(
+    pool: &MySqlPool,
+    org_id: &str,
+    group_id: &str,
+    source_config_id: &str,
+    scanner_source_id: &str,
+) -> Result<(), ModelError> {
     sqlx::query(
         "INSERT INTO AssetGroup (GroupID, OrganizationID, ScannerSourceConfigID, ScannerSourceID) VALUES (?, ?, ?, ?)
          ON DUPLICATE KEY UPDATE GroupID = GroupID",

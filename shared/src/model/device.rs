@@ -16,15 +16,30 @@ pub struct OsTypes {
 
 impl OsTypes {
     pub async fn load(pool: &MySqlPool) -> Result<OsTypes, ModelError> {
-        let rows: Vec<(i32, String, i32)> =
-            sqlx::query_as("SELECT Id, `Match`, Priority FROM OperatingSystemType ORDER BY Priority DESC, Id").fetch_all(pool).await?;
-        Ok(OsTypes { rules: rows.into_iter().map(|(id, m, p)| (id, m.to_lowercase(), p)).collect() })
+        let rows: Vec<(i32, String, i32)> = sqlx::query_as(
+            "SELECT Id, `Match`, Priority FROM OperatingSystemType ORDER BY Priority DESC, Id",
+        )
+        .fetch_all(pool)
+        .await?;
+        Ok(OsTypes {
+            rules: rows
+                .into_iter()
+                .map(|(id, m, p)| (id, m.to_lowercase(), p))
+                .collect(),
+        })
     }
 
     /// The type of `os` ("Unknown" when empty); `None` only if the table has no fallback.
     pub fn classify(&self, os: &str) -> Option<i32> {
-        let os = if os.trim().is_empty() { "unknown".to_string() } else { os.to_lowercase() };
-        self.rules.iter().find(|(_, m, _)| os.contains(m.as_str())).map(|(id, _, _)| *id)
+        let os = if os.trim().is_empty() {
+            "unknown".to_string()
+        } else {
+            os.to_lowercase()
+        };
+        self.rules
+            .iter()
+            .find(|(_, m, _)| os.contains(m.as_str()))
+            .map(|(id, _, _)| *id)
     }
 }
 
@@ -59,7 +74,9 @@ pub async fn upsert(
         "INSERT INTO Device (ID, SourceID, AssetID, Ip, MAC, HostName, InstanceId, GroupID, OrganizationID, OS, OSTypeId, TrackingMethod, IsVirtual, Created) ",
     );
     q.push_values(rows, |mut b, r| {
-        b.push_bind(uuid::Uuid::new_v4().to_string())
+        // Time-ordered IDs append to the clustered index instead of scattering
+        // writes over it (a million-row first sync stays sequential).
+        b.push_bind(uuid::Uuid::now_v7().to_string())
             .push_bind(source_id)
             .push_bind(&r.asset_id)
             .push_bind(&r.ip)
@@ -88,4 +105,76 @@ pub async fn upsert(
     );
     q.build().execute(&mut **tx).await?;
     Ok(())
+}
+
+type StoredDevice = (
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    i32,
+    Option<String>,
+    String,
+    Option<String>,
+);
+
+/// The stored devices among `asset_ids` of one scanner source, as [`DeviceRow`]s.
+pub async fn existing(
+    tx: &mut Transaction<'_, MySql>,
+    org_id: &str,
+    source_id: &str,
+    asset_ids: &[&str],
+) -> Result<std::collections::HashMap<String, DeviceRow>, ModelError> {
+    let mut out = std::collections::HashMap::new();
+    if asset_ids.is_empty() {
+        return Ok(out);
+    }
+    let mut q = QueryBuilder::<MySql>::new(
+        "SELECT AssetID, Ip, HostName, GroupID, OS, OSTypeId, MAC, InstanceId, TrackingMethod FROM Device WHERE OrganizationID = ",
+    );
+    q.push_bind(org_id)
+        .push(" AND SourceID = ")
+        .push_bind(source_id)
+        .push(" AND AssetID IN (");
+    let mut sep = q.separated(", ");
+    for a in asset_ids {
+        sep.push_bind(*a);
+    }
+    q.push(")");
+    let rows: Vec<StoredDevice> = q.build_query_as().fetch_all(&mut **tx).await?;
+    for (asset_id, ip, hostname, group_id, os, os_type_id, mac, instance_id, tracking_method) in
+        rows
+    {
+        out.insert(
+            asset_id.clone(),
+            DeviceRow {
+                asset_id,
+                ip,
+                mac: mac.unwrap_or_default(),
+                hostname,
+                instance_id,
+                group_id: group_id.unwrap_or_default(),
+                os: os.unwrap_or_default(),
+                os_type_id,
+                tracking_method,
+            },
+        );
+    }
+    Ok(out)
+}
+
+impl DeviceRow {
+    /// Whether writing `self` over `stored` would change nothing (empty
+    /// scanner values never overwrite, as in [`upsert`]).
+    pub fn unchanged_from(&self, stored: &DeviceRow) -> bool {
+        self.ip == stored.ip
+            && self.hostname == stored.hostname
+            && self.group_id == stored.group_id
+            && (self.os.is_empty()
+                || (self.os == stored.os && self.os_type_id == stored.os_type_id))
+            && (self.mac.is_empty() || self.mac == stored.mac)
+            && (self.instance_id.is_empty() || self.instance_id == stored.instance_id)
+            && (self.tracking_method.is_none() || self.tracking_method == stored.tracking_method)
+    }
 }

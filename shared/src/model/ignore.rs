@@ -37,7 +37,11 @@ pub struct Ignore {
 const COLUMNS: &str = "SELECT ID, TypeId, VulnerabilityId, DeviceID, OSRegex, HostnameRegex, DeviceIDRegex, DueDate, Port FROM `Ignore`";
 
 /// Global exceptions of a scanner source: active, no device, at least one regex; in creation order.
-pub async fn global_exceptions(pool: &MySqlPool, org_id: &str, source_id: &str) -> Result<Vec<Ignore>, ModelError> {
+pub async fn global_exceptions(
+    pool: &MySqlPool,
+    org_id: &str,
+    source_id: &str,
+) -> Result<Vec<Ignore>, ModelError> {
     Ok(sqlx::query_as(&format!(
         "{COLUMNS} WHERE OrganizationID = ? AND SourceID = ? AND Active = 1 AND COALESCE(DeviceID, '') = ''
            AND (COALESCE(OSRegex, '') <> '' OR COALESCE(HostnameRegex, '') <> '' OR COALESCE(DeviceIDRegex, '') <> '')
@@ -60,7 +64,11 @@ pub async fn device_ignores(pool: &MySqlPool, org_id: &str) -> Result<Vec<Ignore
 }
 
 /// Active decommission entries of a scanner source (DueDate = decommission date).
-pub async fn decommissions(pool: &MySqlPool, org_id: &str, source_id: &str) -> Result<Vec<Ignore>, ModelError> {
+pub async fn decommissions(
+    pool: &MySqlPool,
+    org_id: &str,
+    source_id: &str,
+) -> Result<Vec<Ignore>, ModelError> {
     Ok(sqlx::query_as(&format!(
         "{COLUMNS} WHERE OrganizationID = ? AND SourceID = ? AND TypeId = ? AND Active = 1 AND COALESCE(DeviceID, '') <> ''"
     ))

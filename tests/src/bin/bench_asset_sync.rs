@@ -21,19 +21,36 @@ use aegis_tests::fleet::Fleet;
 use serde_json::json;
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Peak resident set size of a process (VmHWM), in MB.
 fn peak_rss_mb(pid: i32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(str::to_string)
+        })
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-async fn setup(f: &Fleet, code: &str, vendor: Vendor, address: &str, groups: Vec<String>) -> anyhow::Result<(String, String, String)> {
+async fn setup(
+    f: &Fleet,
+    code: &str,
+    vendor: Vendor,
+    address: &str,
+    groups: Vec<String>,
+) -> anyhow::Result<(String, String, String)> {
     let mut tx = f.pool().begin().await?;
     let org = organization::create(
         &mut tx,
@@ -80,7 +97,13 @@ async fn setup(f: &Fleet, code: &str, vendor: Vendor, address: &str, groups: Vec
         auto_start: false,
     };
     let vuln = job_config::create(&mut tx, &org.id, &jc("VulnSyncJob", json!({})), "bench").await?;
-    let asset = job_config::create(&mut tx, &org.id, &jc("AssetSyncJob", json!({"groups": groups})), "bench").await?;
+    let asset = job_config::create(
+        &mut tx,
+        &org.id,
+        &jc("AssetSyncJob", json!({"groups": groups})),
+        "bench",
+    )
+    .await?;
     tx.commit().await?;
     Ok((org.id, vuln, asset))
 }
@@ -99,7 +122,10 @@ async fn run(f: &Fleet, config: &str) -> anyhow::Result<Duration> {
 }
 
 async fn count(f: &Fleet, org: &str) -> anyhow::Result<i64> {
-    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM Detection WHERE OrganizationID = ?").bind(org).fetch_one(f.pool()).await?;
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM Detection WHERE OrganizationID = ?")
+        .bind(org)
+        .fetch_one(f.pool())
+        .await?;
     Ok(n)
 }
 
@@ -113,11 +139,19 @@ struct Row {
 }
 
 async fn bench(vendor: Vendor, hosts: usize, per_host: usize) -> anyhow::Result<Row> {
-    let mut cfg = SimConfig { estate: EstateSpec { hosts, detections_per_host: per_host, seed: 11 }, ..Default::default() };
+    let mut cfg = SimConfig {
+        estate: EstateSpec {
+            hosts,
+            detections_per_host: per_host,
+            seed: 11,
+        },
+        ..Default::default()
+    };
     cfg.qualys.concurrency_limit = 8;
     let sim = Simulator::start(cfg).await?;
     let mut f = Fleet::new().await?;
-    f.env.insert("RUST_LOG".into(), "info,sqlx=warn,lapin=warn".into());
+    f.env
+        .insert("RUST_LOG".into(), "info,sqlx=warn,lapin=warn".into());
     f.coordinator()?;
     let worker = f.worker()?;
     let groups: Vec<String> = (1..=hosts.div_ceil(1000)).map(|g| g.to_string()).collect();
@@ -133,12 +167,26 @@ async fn bench(vendor: Vendor, hosts: usize, per_host: usize) -> anyhow::Result<
     eprintln!("{name}: first sync {detections} detections in {first:?}; re-sync…");
     let resync = run(&f, &asset).await?;
     let rss = peak_rss_mb(f.processes[worker].pid());
-    anyhow::ensure!(count(&f, &org).await? == detections, "the re-sync changed the row count");
-    let progress = f.processes[worker].output().lines().filter(|l| l.contains("Synced ")).count();
+    anyhow::ensure!(
+        count(&f, &org).await? == detections,
+        "the re-sync changed the row count"
+    );
+    let progress = f.processes[worker]
+        .output()
+        .lines()
+        .filter(|l| l.contains("Synced "))
+        .count();
     eprintln!("{name}: re-sync in {resync:?}; worker peak RSS {rss:.0} MB; {progress} progress lines logged");
     drop(f);
     sim.shutdown().await;
-    Ok(Row { scanner: name, hosts, detections, first, resync, rss })
+    Ok(Row {
+        scanner: name,
+        hosts,
+        detections,
+        first,
+        resync,
+        rss,
+    })
 }
 
 #[tokio::main]

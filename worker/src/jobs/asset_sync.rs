@@ -96,17 +96,29 @@ struct Lookups {
     exempt: Vec<String>,
 }
 
-fn compile(field: &str, ignore: &Ignore, pattern: &Option<String>) -> Result<Option<Regex>, JobError> {
+fn compile(
+    field: &str,
+    ignore: &Ignore,
+    pattern: &Option<String>,
+) -> Result<Option<Regex>, JobError> {
     match pattern.as_deref().map(str::trim).filter(|p| !p.is_empty()) {
         None => Ok(None),
-        Some(p) => Regex::new(p)
-            .map(Some)
-            .map_err(|e| JobError::Config(format!("global exception {} has an invalid {field} {p:?}: {e}", ignore.id))),
+        Some(p) => Regex::new(p).map(Some).map_err(|e| {
+            JobError::Config(format!(
+                "global exception {} has an invalid {field} {p:?}: {e}",
+                ignore.id
+            ))
+        }),
     }
 }
 
 impl Lookups {
-    async fn load(ctx: &JobContext, org_id: &str, source_id: &str, exempt: Vec<String>) -> Result<Lookups, JobError> {
+    async fn load(
+        ctx: &JobContext,
+        org_id: &str,
+        source_id: &str,
+        exempt: Vec<String>,
+    ) -> Result<Lookups, JobError> {
         let pool = &ctx.pool;
         let mut globals = Vec::new();
         for g in ignore::global_exceptions(pool, org_id, source_id).await? {
@@ -123,7 +135,11 @@ impl Lookups {
         let mut device_ignores: HashMap<String, HashMap<String, Ignore>> = HashMap::new();
         for i in ignore::device_ignores(pool, org_id).await? {
             let device = i.device_id.clone().unwrap_or_default();
-            let key = format!("{};{}", i.vulnerability_id, i.port.as_deref().unwrap_or("").trim());
+            let key = format!(
+                "{};{}",
+                i.vulnerability_id,
+                i.port.as_deref().unwrap_or("").trim()
+            );
             device_ignores.entry(device).or_default().insert(key, i);
         }
         let decommissions = ignore::decommissions(pool, org_id, source_id)
@@ -144,9 +160,25 @@ impl Lookups {
 
     /// The device exception or false positive for this finding, else the
     /// first matching global exception (unless the group is exempt).
-    fn exception(&self, host: &ScannedHost, group: &str, vuln_id: &str, port: i32, protocol: &str, now: DateTime<Utc>) -> Option<String> {
-        let port_key = if port > 0 || !protocol.is_empty() { format!("{port} {protocol}") } else { String::new() };
-        if let Some(i) = self.device_ignores.get(&host.asset_id).and_then(|m| m.get(&format!("{vuln_id};{port_key}"))) {
+    fn exception(
+        &self,
+        host: &ScannedHost,
+        group: &str,
+        vuln_id: &str,
+        port: i32,
+        protocol: &str,
+        now: DateTime<Utc>,
+    ) -> Option<String> {
+        let port_key = if port > 0 || !protocol.is_empty() {
+            format!("{port} {protocol}")
+        } else {
+            String::new()
+        };
+        if let Some(i) = self
+            .device_ignores
+            .get(&host.asset_id)
+            .and_then(|m| m.get(&format!("{vuln_id};{port_key}")))
+        {
             // False positives always apply; exceptions until their due date.
             if i.type_id != ignore::EXCEPTION || i.due_date.is_some_and(|d| d > now) {
                 return Some(i.id.clone());
@@ -162,8 +194,12 @@ impl Lookups {
                     && (g.vulnerability_id.is_empty() || g.vulnerability_id == vuln_id)
                     && !(g.type_id == ignore::EXCEPTION && g.due_date.is_some_and(|d| d <= now))
                     && g.os.as_ref().is_none_or(|r| r.is_match(&host.os))
-                    && g.hostname.as_ref().is_none_or(|r| r.is_match(&host.hostname))
-                    && g.device_id.as_ref().is_none_or(|r| r.is_match(&host.asset_id))
+                    && g.hostname
+                        .as_ref()
+                        .is_none_or(|r| r.is_match(&host.hostname))
+                    && g.device_id
+                        .as_ref()
+                        .is_none_or(|r| r.is_match(&host.asset_id))
             })
             .map(|g| g.id.clone())
     }
@@ -187,7 +223,9 @@ impl Progress {
         self.done += done as u64;
         self.written += written as u64;
         self.skipped += skipped as u64;
-        DETECTIONS.with_label_values(&[&self.org]).inc_by(done as u64);
+        DETECTIONS
+            .with_label_values(&[&self.org])
+            .inc_by(done as u64);
         if self.last_log.elapsed() >= PROGRESS_EVERY {
             self.log();
             self.last_log = Instant::now();
@@ -196,7 +234,11 @@ impl Progress {
 
     fn log(&self) {
         let rate = self.done as f64 / self.started.elapsed().as_secs_f64().max(0.001);
-        let expected = if self.expected >= self.done { self.expected.to_string() } else { format!("~{}", self.done) };
+        let expected = if self.expected >= self.done {
+            self.expected.to_string()
+        } else {
+            format!("~{}", self.done)
+        };
         tracing::info!(
             "Synced {} of {} detections ({:.0}/s; {} hosts, {} rows written, {} skipped)",
             self.done,
@@ -220,35 +262,68 @@ struct Sync<'a> {
 
 async fn run(ctx: JobContext) -> Result<(), JobError> {
     let p: Payload = ctx.payload()?;
-    let bad = |reason: &str| JobError::BadPayload { job: "AssetSyncJob".into(), reason: reason.into() };
-    let groups: Vec<String> = p.groups.iter().map(|g| g.trim().to_string()).filter(|g| !g.is_empty()).collect();
+    let bad = |reason: &str| JobError::BadPayload {
+        job: "AssetSyncJob".into(),
+        reason: reason.into(),
+    };
+    let groups: Vec<String> = p
+        .groups
+        .iter()
+        .map(|g| g.trim().to_string())
+        .filter(|g| !g.is_empty())
+        .collect();
     if groups.is_empty() {
-        return Err(bad("did not provide group in Payload (\"groups\": [\"<asset group or site id>\", ...])"));
+        return Err(bad(
+            "did not provide group in Payload (\"groups\": [\"<asset group or site id>\", ...])",
+        ));
     }
-    let org = ctx.org.clone().ok_or_else(|| JobError::Config("AssetSyncJob needs a JobConfig with an organization".into()))?;
-    let sc = ctx.sources_in.first().cloned().ok_or_else(|| JobError::Config("AssetSyncJob needs a scanner in-source".into()))?;
-    let source_id = sc
-        .source_id
-        .clone()
-        .ok_or_else(|| JobError::Config(format!("source config {} has no SourceID (scanner Source.ID)", sc.id)))?;
-    let scanner = scanner::for_source(&sc, ctx.client(&sc)?).map_err(|e| JobError::Failed(e.into()))?;
+    let org = ctx.org.clone().ok_or_else(|| {
+        JobError::Config("AssetSyncJob needs a JobConfig with an organization".into())
+    })?;
+    let sc = ctx
+        .sources_in
+        .first()
+        .cloned()
+        .ok_or_else(|| JobError::Config("AssetSyncJob needs a scanner in-source".into()))?;
+    let source_id = sc.source_id.clone().ok_or_else(|| {
+        JobError::Config(format!(
+            "source config {} has no SourceID (scanner Source.ID)",
+            sc.id
+        ))
+    })?;
+    let scanner =
+        scanner::for_source(&sc, ctx.client(&sc)?).map_err(|e| JobError::Failed(e.into()))?;
 
     let exempt = p.groups_exempt_from_global_exceptions.unwrap_or_default();
     let lookups = Lookups::load(&ctx, &org.id, &source_id, exempt).await?;
-    let expected = detection::count(&ctx.pool, &org.id, &source_id).await?.max(0) as u64;
+    let expected = detection::count(&ctx.pool, &org.id, &source_id)
+        .await?
+        .max(0) as u64;
     let now = Instant::now();
     let mut sync = Sync {
         ctx: &ctx,
         org_id: org.id.clone(),
         source_id: source_id.clone(),
         lookups,
-        progress: Progress { org: org.code.clone(), started: now, last_log: now, expected, done: 0, written: 0, hosts: 0, skipped: 0 },
+        progress: Progress {
+            org: org.code.clone(),
+            started: now,
+            last_log: now,
+            expected,
+            done: 0,
+            written: 0,
+            hosts: 0,
+            skipped: 0,
+        },
     };
 
     // Plain groups one at a time; a tag item ("tag-1,tag-2") is one selection.
     for item in &groups {
         let selection: Vec<String> = if item.contains("tag-") {
-            item.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+            item.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
         } else {
             vec![item.clone()]
         };
@@ -265,7 +340,12 @@ async fn run(ctx: JobContext) -> Result<(), JobError> {
 }
 
 impl Sync<'_> {
-    async fn group(&mut self, scanner: &dyn Scanner, group: &str, selection: &[String]) -> Result<(), JobError> {
+    async fn group(
+        &mut self,
+        scanner: &dyn Scanner,
+        group: &str,
+        selection: &[String],
+    ) -> Result<(), JobError> {
         let mut stream = scanner.host_detections(selection, None);
         let mut pending: Vec<ScannedHost> = Vec::new();
         let mut pending_detections = 0;
@@ -275,10 +355,18 @@ impl Sync<'_> {
                 _ = self.ctx.cancel.cancelled() => return Err(JobError::Cancelled),
             };
             let Some(batch) = next else { break };
-            let batch = batch.map_err(|e| JobError::Failed(anyhow::Error::new(e).context(format!("listing detections of group {group}"))))?;
+            let batch = batch.map_err(|e| {
+                JobError::Failed(
+                    anyhow::Error::new(e).context(format!("listing detections of group {group}")),
+                )
+            })?;
             if let Some(hosts) = batch.expected_hosts {
                 // Nexpose tells the host count; estimate detections from what is seen so far.
-                let per_host = if self.progress.hosts > 0 { self.progress.done / self.progress.hosts } else { 0 };
+                let per_host = self
+                    .progress
+                    .done
+                    .checked_div(self.progress.hosts)
+                    .unwrap_or(0);
                 self.progress.expected = self.progress.expected.max(hosts * per_host);
             }
             for host in batch.hosts {
@@ -304,8 +392,15 @@ impl Sync<'_> {
         let now = Utc::now().trunc_subsecs(3);
         let l = &mut self.lookups;
         let mut tx = self.ctx.pool.begin().await?;
-        let asset_ids: Vec<&str> = hosts.iter().map(|h| h.asset_id.as_str()).filter(|a| !a.is_empty()).collect();
-        let existing = detection::existing(&mut tx, &self.org_id, &self.source_id, &asset_ids).await?;
+        let asset_ids: Vec<&str> = hosts
+            .iter()
+            .map(|h| h.asset_id.as_str())
+            .filter(|a| !a.is_empty())
+            .collect();
+        let existing =
+            detection::existing(&mut tx, &self.org_id, &self.source_id, &asset_ids).await?;
+        let stored_devices =
+            device::existing(&mut tx, &self.org_id, &self.source_id, &asset_ids).await?;
 
         let mut devices = Vec::with_capacity(hosts.len());
         let mut rows = Vec::new();
@@ -318,7 +413,9 @@ impl Sync<'_> {
                 continue;
             }
             let Some(os_type_id) = l.os_types.classify(&host.os) else {
-                return Err(JobError::Config("OperatingSystemType has no fallback row (Match '')".into()));
+                return Err(JobError::Config(
+                    "OperatingSystemType has no fallback row (Match '')".into(),
+                ));
             };
             devices.push(DeviceRow {
                 asset_id: host.asset_id.clone(),
@@ -337,7 +434,10 @@ impl Sync<'_> {
             let mut decommission = None;
             if let Some(d) = l.decommissions.get(&host.asset_id) {
                 let due = d.due_date.unwrap_or(DateTime::UNIX_EPOCH);
-                let seen_since = host.detections.iter().any(|x| x.last_found.or(x.detected).is_some_and(|t| t > due));
+                let seen_since = host
+                    .detections
+                    .iter()
+                    .any(|x| x.last_found.or(x.detected).is_some_and(|t| t > due));
                 if seen_since {
                     tracing::warn!("device {} has a vulnerability found after its decommission date; it is active again", host.asset_id);
                     reactivated.push(host.asset_id.clone());
@@ -349,7 +449,10 @@ impl Sync<'_> {
             for det in &host.detections {
                 done += 1;
                 let Some(vuln_info_id) = l.vulns.get(&det.vuln_id) else {
-                    tracing::debug!("could not find vulnerability {} in database (run VulnSyncJob first)", det.vuln_id);
+                    tracing::debug!(
+                        "could not find vulnerability {} in database (run VulnSyncJob first)",
+                        det.vuln_id
+                    );
                     skipped += 1;
                     continue;
                 };
@@ -358,8 +461,9 @@ impl Sync<'_> {
                     skipped += 1;
                     continue;
                 };
-                let ignore_id =
-                    decommission.clone().or_else(|| l.exception(host, group, &det.vuln_id, det.port, &det.protocol, now));
+                let ignore_id = decommission.clone().or_else(|| {
+                    l.exception(host, group, &det.vuln_id, det.port, &det.protocol, now)
+                });
                 let key = FindingKey {
                     device_id: host.asset_id.clone(),
                     vulnerability_id: vuln_info_id.clone(),
@@ -379,23 +483,48 @@ impl Sync<'_> {
                     Some(stored) if *stored == state => continue,
                     Some(_) => {}
                     None if det.detected.is_none() => {
-                        tracing::error!("could not find the time of the detection {} on {}; skipped", det.vuln_id, host.asset_id);
+                        tracing::error!(
+                            "could not find the time of the detection {} on {}; skipped",
+                            det.vuln_id,
+                            host.asset_id
+                        );
                         skipped += 1;
                         continue;
                     }
                     None => {}
                 }
-                let alert_date = det.detected.or(det.last_found).unwrap_or(now).trunc_subsecs(3);
-                rows.push(DetectionRow { key, alert_date, state });
+                let alert_date = det
+                    .detected
+                    .or(det.last_found)
+                    .unwrap_or(now)
+                    .trunc_subsecs(3);
+                rows.push(DetectionRow {
+                    key,
+                    alert_date,
+                    state,
+                });
             }
         }
         // Within one statement a finding must appear once (the scanner may repeat one).
         let mut seen = std::collections::HashSet::new();
         rows.retain(|r| seen.insert(r.key.clone()));
 
+        // Devices whose stored row already says the same are not written.
+        devices.retain(|d| {
+            stored_devices
+                .get(&d.asset_id)
+                .is_none_or(|s| !d.unchanged_from(s))
+        });
         device::upsert(&mut tx, &self.org_id, &self.source_id, &devices, now).await?;
         for asset_id in &reactivated {
-            ignore::reactivate_device(&mut tx, &self.org_id, &self.source_id, asset_id, "AssetSyncJob").await?;
+            ignore::reactivate_device(
+                &mut tx,
+                &self.org_id,
+                &self.source_id,
+                asset_id,
+                "AssetSyncJob",
+            )
+            .await?;
         }
         detection::upsert(&mut tx, &self.org_id, &self.source_id, &rows, now).await?;
         tx.commit().await?;

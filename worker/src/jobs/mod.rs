@@ -85,8 +85,13 @@ impl JobContext {
 
     /// The rate-limited HTTP client of one of this job's source configs.
     pub fn client(&self, sc: &SourceConfig) -> Result<SourceClient, JobError> {
-        SourceClient::new(sc, self.settings.keyring.as_ref(), self.limiter.clone(), self.limits.clone())
-            .map_err(|e| JobError::Config(e.to_string()))
+        SourceClient::new(
+            sc,
+            self.settings.keyring.as_ref(),
+            self.limiter.clone(),
+            self.limits.clone(),
+        )
+        .map_err(|e| JobError::Config(e.to_string()))
     }
 
     /// Waits `duration`, or returns `Err(Cancelled)` as soon as the job is cancelled.

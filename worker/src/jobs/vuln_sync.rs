@@ -35,7 +35,10 @@ impl Job for VulnSyncJob {
 }
 
 /// Whether the scanner's entry is newer than the stored row.
-fn needs_write(stored: Option<&Option<DateTime<Utc>>>, scanner_updated: Option<DateTime<Utc>>) -> bool {
+fn needs_write(
+    stored: Option<&Option<DateTime<Utc>>>,
+    scanner_updated: Option<DateTime<Utc>>,
+) -> bool {
     match stored {
         None => true,
         Some(None) => true,
@@ -45,7 +48,11 @@ fn needs_write(stored: Option<&Option<DateTime<Utc>>>, scanner_updated: Option<D
 
 fn row(v: ScannedVulnerability) -> VulnRow {
     VulnRow {
-        references: v.references.iter().map(|r| (r.clone(), RefType::classify(r) as i32)).collect(),
+        references: v
+            .references
+            .iter()
+            .map(|r| (r.clone(), RefType::classify(r) as i32))
+            .collect(),
         source_vuln_id: v.vuln_id,
         title: v.title,
         cvss: v.cvss2,
@@ -61,17 +68,27 @@ fn row(v: ScannedVulnerability) -> VulnRow {
 }
 
 async fn run(ctx: JobContext) -> Result<(), JobError> {
-    let sc = ctx.sources_in.first().cloned().ok_or_else(|| JobError::Config("VulnSyncJob needs a scanner in-source".into()))?;
-    let source_id = sc
-        .source_id
-        .clone()
-        .ok_or_else(|| JobError::Config(format!("source config {} has no SourceID (scanner Source.ID)", sc.id)))?;
-    let scanner = scanner::for_source(&sc, ctx.client(&sc)?).map_err(|e| JobError::Failed(e.into()))?;
+    let sc = ctx
+        .sources_in
+        .first()
+        .cloned()
+        .ok_or_else(|| JobError::Config("VulnSyncJob needs a scanner in-source".into()))?;
+    let source_id = sc.source_id.clone().ok_or_else(|| {
+        JobError::Config(format!(
+            "source config {} has no SourceID (scanner Source.ID)",
+            sc.id
+        ))
+    })?;
+    let scanner =
+        scanner::for_source(&sc, ctx.client(&sc)?).map_err(|e| JobError::Failed(e.into()))?;
     let since = ctx.config.as_ref().and_then(|c| c.last_job_start);
     let mut stored = vulnerability::changed_at(&ctx.pool, &source_id).await?;
     tracing::info!(
         "loading the knowledge base{} ({} vulnerabilities known)",
-        since.map_or(String::new(), |s| format!(" modified since {}", s.format("%Y-%m-%d"))),
+        since.map_or(String::new(), |s| format!(
+            " modified since {}",
+            s.format("%Y-%m-%d")
+        )),
         stored.len()
     );
 
@@ -84,7 +101,9 @@ async fn run(ctx: JobContext) -> Result<(), JobError> {
             _ = ctx.cancel.cancelled() => return Err(JobError::Cancelled),
         };
         let Some(batch) = next else { break };
-        let batch = batch.map_err(|e| JobError::Failed(anyhow::Error::new(e).context("loading the knowledge base")))?;
+        let batch = batch.map_err(|e| {
+            JobError::Failed(anyhow::Error::new(e).context("loading the knowledge base"))
+        })?;
         seen += batch.len();
         let mut rows = Vec::new();
         for v in batch {
@@ -95,7 +114,10 @@ async fn run(ctx: JobContext) -> Result<(), JobError> {
             if needs_write(stored.get(&v.vuln_id), v.updated) {
                 rows.push(row(v));
             } else {
-                tracing::debug!("Did not need to update {} as it has not been modified recently", v.vuln_id);
+                tracing::debug!(
+                    "Did not need to update {} as it has not been modified recently",
+                    v.vuln_id
+                );
             }
         }
         // A knowledge base may repeat an entry; keep the last.
@@ -103,7 +125,12 @@ async fn run(ctx: JobContext) -> Result<(), JobError> {
         for (i, r) in rows.iter().enumerate() {
             index.insert(r.source_vuln_id.clone(), i);
         }
-        let rows: Vec<VulnRow> = rows.into_iter().enumerate().filter(|(i, r)| index.get(&r.source_vuln_id) == Some(i)).map(|(_, r)| r).collect();
+        let rows: Vec<VulnRow> = rows
+            .into_iter()
+            .enumerate()
+            .filter(|(i, r)| index.get(&r.source_vuln_id) == Some(i))
+            .map(|(_, r)| r)
+            .collect();
         if rows.is_empty() {
             continue;
         }

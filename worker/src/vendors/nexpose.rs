@@ -24,8 +24,8 @@ use aegis_shared::model::source_config::Vendor;
 use aegis_shared::source_http::{RequestSpec, SourceClient};
 
 use super::scanner::{
-    excerpt, spawn_stream, DetectionState, HostBatch, ScannedDetection, ScannedHost, ScannedVulnerability, Scanner,
-    ScannerError, ScannerGroup, HOSTS_PER_BATCH, VULNS_PER_BATCH,
+    excerpt, spawn_stream, DetectionState, HostBatch, ScannedDetection, ScannedHost,
+    ScannedVulnerability, Scanner, ScannerError, ScannerGroup, HOSTS_PER_BATCH, VULNS_PER_BATCH,
 };
 
 const PAGE_SIZE: usize = 500;
@@ -165,13 +165,17 @@ struct Site {
 }
 
 fn time(s: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// Finding status → detection state; unknown statuses are not synced.
 fn state(status: &str) -> Option<DetectionState> {
     match status {
-        "vulnerable" | "vulnerable-version" | "vulnerable-potential" => Some(DetectionState::Vulnerable),
+        "vulnerable" | "vulnerable-version" | "vulnerable-potential" => {
+            Some(DetectionState::Vulnerable)
+        }
         "invulnerable" => Some(DetectionState::Fixed),
         s if s.ends_with("-with-exception-applied") => Some(DetectionState::Fixed),
         _ => None,
@@ -188,7 +192,12 @@ impl NexposeScanner {
     }
 
     /// GETs `path` (with `template` shown in logs) and decodes the JSON body.
-    async fn get<T: DeserializeOwned>(&self, template: &str, path: &str, query: &[(&str, String)]) -> Result<T, ScannerError> {
+    async fn get<T: DeserializeOwned>(
+        &self,
+        template: &str,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<T, ScannerError> {
         let mut spec = RequestSpec::get(template, path);
         for (k, v) in query {
             spec = spec.query(*k, v.clone());
@@ -213,17 +222,37 @@ impl NexposeScanner {
     }
 
     /// Page `n` of a list.
-    async fn page<T: DeserializeOwned>(&self, template: &str, path: &str, n: u64) -> Result<Page<T>, ScannerError> {
-        self.get(template, path, &[("page", n.to_string()), ("size", PAGE_SIZE.to_string())]).await
+    async fn page<T: DeserializeOwned>(
+        &self,
+        template: &str,
+        path: &str,
+        n: u64,
+    ) -> Result<Page<T>, ScannerError> {
+        self.get(
+            template,
+            path,
+            &[("page", n.to_string()), ("size", PAGE_SIZE.to_string())],
+        )
+        .await
     }
 
     fn paging_loop(&self, endpoint: &str, reason: String) -> ScannerError {
-        ScannerError::PagingLoop { source_config: self.source_config().into(), endpoint: endpoint.into(), reason }
+        ScannerError::PagingLoop {
+            source_config: self.source_config().into(),
+            endpoint: endpoint.into(),
+            reason,
+        }
     }
 
     /// Every item of a paged list, page by page: the page count is taken from
     /// page 0; an item seen twice means the console is looping.
-    async fn each_page<T, K, F, Fut>(&self, template: &str, path: &str, key: K, mut on_page: F) -> Result<(), ScannerError>
+    async fn each_page<T, K, F, Fut>(
+        &self,
+        template: &str,
+        path: &str,
+        key: K,
+        mut on_page: F,
+    ) -> Result<(), ScannerError>
     where
         T: DeserializeOwned,
         K: Fn(&T) -> String,
@@ -232,13 +261,19 @@ impl NexposeScanner {
     {
         let mut seen: HashSet<String> = HashSet::new();
         let first: Page<T> = self.page(template, path, 0).await?;
-        let (pages, total) = first.page.as_ref().map_or((1, 0), |p| (p.total_pages.max(1), p.total_resources));
+        let (pages, total) = first
+            .page
+            .as_ref()
+            .map_or((1, 0), |p| (p.total_pages.max(1), p.total_resources));
         let mut current = first;
         let mut n = 0;
         loop {
             for item in &current.resources {
                 if !seen.insert(key(item)) {
-                    return Err(self.paging_loop(template, format!("page {n} repeats items of earlier pages")));
+                    return Err(self.paging_loop(
+                        template,
+                        format!("page {n} repeats items of earlier pages"),
+                    ));
                 }
             }
             if !on_page(std::mem::take(&mut current.resources), total).await? {
@@ -258,35 +293,46 @@ impl NexposeScanner {
         let last_scan = asset
             .history
             .iter()
-            .filter(|e| e.kind.as_deref().is_none_or(|k| k.eq_ignore_ascii_case("SCAN")))
+            .filter(|e| {
+                e.kind
+                    .as_deref()
+                    .is_none_or(|k| k.eq_ignore_ascii_case("SCAN"))
+            })
             .filter_map(|e| e.date.as_deref().and_then(time))
             .max();
         let mut detections = Vec::new();
-        self.each_page("/api/3/assets/{id}/vulnerabilities", &path, |f: &Finding| f.id.clone(), |findings: Vec<Finding>, _| {
-            for f in findings {
-                let Some(state) = state(&f.status) else { continue };
-                let detected = f.since.as_deref().and_then(time);
-                let last_found = match (last_scan, detected) {
-                    (Some(scan), Some(d)) => Some(scan.max(d)),
-                    (scan, d) => scan.or(d),
-                };
-                for r in f.results {
-                    detections.push(ScannedDetection {
-                        vuln_id: f.id.clone(),
-                        state,
-                        port: r.port.unwrap_or(0),
-                        protocol: r.protocol.unwrap_or_default(),
-                        proof: r.proof.unwrap_or_default(),
-                        detected,
-                        last_found,
-                        last_updated: None,
-                        times_seen: 1,
-                        active_kernel: None,
-                    });
+        self.each_page(
+            "/api/3/assets/{id}/vulnerabilities",
+            &path,
+            |f: &Finding| f.id.clone(),
+            |findings: Vec<Finding>, _| {
+                for f in findings {
+                    let Some(state) = state(&f.status) else {
+                        continue;
+                    };
+                    let detected = f.since.as_deref().and_then(time);
+                    let last_found = match (last_scan, detected) {
+                        (Some(scan), Some(d)) => Some(scan.max(d)),
+                        (scan, d) => scan.or(d),
+                    };
+                    for r in f.results {
+                        detections.push(ScannedDetection {
+                            vuln_id: f.id.clone(),
+                            state,
+                            port: r.port.unwrap_or(0),
+                            protocol: r.protocol.unwrap_or_default(),
+                            proof: r.proof.unwrap_or_default(),
+                            detected,
+                            last_found,
+                            last_updated: None,
+                            times_seen: 1,
+                            active_kernel: None,
+                        });
+                    }
                 }
-            }
-            async { Ok(true) }
-        })
+                async { Ok(true) }
+            },
+        )
         .await?;
         Ok(ScannedHost {
             asset_id: asset.id.to_string(),
@@ -300,33 +346,52 @@ impl NexposeScanner {
         })
     }
 
-    async fn sync_sites(&self, sites: Vec<String>, tx: mpsc::Sender<Result<HostBatch, ScannerError>>) -> Result<(), ScannerError> {
+    async fn sync_sites(
+        &self,
+        sites: Vec<String>,
+        tx: mpsc::Sender<Result<HostBatch, ScannerError>>,
+    ) -> Result<(), ScannerError> {
         let mut expected = 0u64;
         for site in sites {
-            let site_id: u64 = site
-                .trim()
-                .parse()
-                .map_err(|_| ScannerError::Config { source_config: self.source_config().into(), reason: format!("Nexpose site id {site:?} is not a number") })?;
+            let site_id: u64 = site.trim().parse().map_err(|_| ScannerError::Config {
+                source_config: self.source_config().into(),
+                reason: format!("Nexpose site id {site:?} is not a number"),
+            })?;
             let path = format!("/api/3/sites/{site_id}/assets");
             let mut counted = false;
-            self.each_page("/api/3/sites/{id}/assets", &path, |a: &Asset| a.id.to_string(), |assets: Vec<Asset>, total| {
-                if !counted {
-                    expected += total;
-                    counted = true;
-                }
-                let expected = expected;
-                let tx = tx.clone();
-                async move {
-                    let mut hosts = stream::iter(assets.into_iter().map(|a| self.asset_host(a))).buffered(PARALLEL_ASSETS).chunks(HOSTS_PER_BATCH);
-                    while let Some(chunk) = hosts.next().await {
-                        let hosts = chunk.into_iter().collect::<Result<Vec<_>, _>>()?;
-                        if tx.send(Ok(HostBatch { hosts, expected_hosts: Some(expected) })).await.is_err() {
-                            return Ok(false);
-                        }
+            self.each_page(
+                "/api/3/sites/{id}/assets",
+                &path,
+                |a: &Asset| a.id.to_string(),
+                |assets: Vec<Asset>, total| {
+                    if !counted {
+                        expected += total;
+                        counted = true;
                     }
-                    Ok(true)
-                }
-            })
+                    let expected = expected;
+                    let tx = tx.clone();
+                    async move {
+                        let mut hosts =
+                            stream::iter(assets.into_iter().map(|a| self.asset_host(a)))
+                                .buffered(PARALLEL_ASSETS)
+                                .chunks(HOSTS_PER_BATCH);
+                        while let Some(chunk) = hosts.next().await {
+                            let hosts = chunk.into_iter().collect::<Result<Vec<_>, _>>()?;
+                            if tx
+                                .send(Ok(HostBatch {
+                                    hosts,
+                                    expected_hosts: Some(expected),
+                                }))
+                                .await
+                                .is_err()
+                            {
+                                return Ok(false);
+                            }
+                        }
+                        Ok(true)
+                    }
+                },
+            )
             .await?;
         }
         Ok(())
@@ -336,15 +401,36 @@ impl NexposeScanner {
     async fn vulnerability(&self, v: Vulnerability) -> Result<ScannedVulnerability, ScannerError> {
         let mut references = Vec::new();
         let refs_path = format!("/api/3/vulnerabilities/{}/references", v.id);
-        self.each_page("/api/3/vulnerabilities/{id}/references", &refs_path, |r: &Reference| r.reference.clone(), |page: Vec<Reference>, _| {
-            references.extend(page.into_iter().map(|r| r.reference).filter(|r| !r.is_empty()));
-            async { Ok(true) }
-        })
+        self.each_page(
+            "/api/3/vulnerabilities/{id}/references",
+            &refs_path,
+            |r: &Reference| r.reference.clone(),
+            |page: Vec<Reference>, _| {
+                references.extend(
+                    page.into_iter()
+                        .map(|r| r.reference)
+                        .filter(|r| !r.is_empty()),
+                );
+                async { Ok(true) }
+            },
+        )
         .await?;
-        let ids: Ids = self.get("/api/3/vulnerabilities/{id}/solutions", &format!("/api/3/vulnerabilities/{}/solutions", v.id), &[]).await?;
+        let ids: Ids = self
+            .get(
+                "/api/3/vulnerabilities/{id}/solutions",
+                &format!("/api/3/vulnerabilities/{}/solutions", v.id),
+                &[],
+            )
+            .await?;
         let solution = match ids.resources.first() {
             Some(id) => {
-                let s: Solution = self.get("/api/3/solutions/{id}", &format!("/api/3/solutions/{id}"), &[]).await?;
+                let s: Solution = self
+                    .get(
+                        "/api/3/solutions/{id}",
+                        &format!("/api/3/solutions/{id}"),
+                        &[],
+                    )
+                    .await?;
                 s.steps.or(s.summary).unwrap_or_default().text
             }
             None => String::new(),
@@ -355,7 +441,10 @@ impl NexposeScanner {
             description: v.description.unwrap_or_default().text,
             threat: None,
             solution,
-            cvss2: cvss.and_then(|c| c.v2.as_ref()).and_then(|s| s.score).unwrap_or(0.0),
+            cvss2: cvss
+                .and_then(|c| c.v2.as_ref())
+                .and_then(|s| s.score)
+                .unwrap_or(0.0),
             cvss3: cvss.and_then(|c| c.v3.as_ref()).and_then(|s| s.score),
             updated: v
                 .modified
@@ -372,20 +461,30 @@ impl NexposeScanner {
         })
     }
 
-    async fn sync_vulnerabilities(&self, tx: mpsc::Sender<Result<Vec<ScannedVulnerability>, ScannerError>>) -> Result<(), ScannerError> {
-        self.each_page("/api/3/vulnerabilities", "/api/3/vulnerabilities", |v: &Vulnerability| v.id.clone(), |vulns: Vec<Vulnerability>, _| {
-            let tx = tx.clone();
-            async move {
-                let mut chunks = stream::iter(vulns.into_iter().map(|v| self.vulnerability(v))).buffered(PARALLEL_VULNS).chunks(VULNS_PER_BATCH);
-                while let Some(chunk) = chunks.next().await {
-                    let batch = chunk.into_iter().collect::<Result<Vec<_>, _>>()?;
-                    if tx.send(Ok(batch)).await.is_err() {
-                        return Ok(false);
+    async fn sync_vulnerabilities(
+        &self,
+        tx: mpsc::Sender<Result<Vec<ScannedVulnerability>, ScannerError>>,
+    ) -> Result<(), ScannerError> {
+        self.each_page(
+            "/api/3/vulnerabilities",
+            "/api/3/vulnerabilities",
+            |v: &Vulnerability| v.id.clone(),
+            |vulns: Vec<Vulnerability>, _| {
+                let tx = tx.clone();
+                async move {
+                    let mut chunks = stream::iter(vulns.into_iter().map(|v| self.vulnerability(v)))
+                        .buffered(PARALLEL_VULNS)
+                        .chunks(VULNS_PER_BATCH);
+                    while let Some(chunk) = chunks.next().await {
+                        let batch = chunk.into_iter().collect::<Result<Vec<_>, _>>()?;
+                        if tx.send(Ok(batch)).await.is_err() {
+                            return Ok(false);
+                        }
                     }
+                    Ok(true)
                 }
-                Ok(true)
-            }
-        })
+            },
+        )
         .await
     }
 }
@@ -395,14 +494,21 @@ impl Scanner for NexposeScanner {
         Vendor::Nexpose
     }
 
-    fn host_detections<'a>(&'a self, groups: &'a [String], _since: Option<DateTime<Utc>>) -> BoxStream<'a, Result<HostBatch, ScannerError>> {
+    fn host_detections<'a>(
+        &'a self,
+        groups: &'a [String],
+        _since: Option<DateTime<Utc>>,
+    ) -> BoxStream<'a, Result<HostBatch, ScannerError>> {
         let scanner = self.clone();
         let sites = groups.to_vec();
         spawn_stream(move |tx| async move { scanner.sync_sites(sites, tx).await })
     }
 
     /// Nexpose has no "changed since" filter: the whole knowledge base, always.
-    fn vulnerabilities(&self, _since: Option<DateTime<Utc>>) -> BoxStream<'_, Result<Vec<ScannedVulnerability>, ScannerError>> {
+    fn vulnerabilities(
+        &self,
+        _since: Option<DateTime<Utc>>,
+    ) -> BoxStream<'_, Result<Vec<ScannedVulnerability>, ScannerError>> {
         let scanner = self.clone();
         spawn_stream(move |tx| async move { scanner.sync_vulnerabilities(tx).await })
     }
@@ -410,10 +516,18 @@ impl Scanner for NexposeScanner {
     fn asset_groups(&self) -> BoxFuture<'_, Result<Vec<ScannerGroup>, ScannerError>> {
         Box::pin(async move {
             let mut sites = Vec::new();
-            self.each_page("/api/3/sites", "/api/3/sites", |s: &Site| s.id.to_string(), |page: Vec<Site>, _| {
-                sites.extend(page.into_iter().map(|s| ScannerGroup { id: s.id.to_string(), title: s.name }));
-                async { Ok(true) }
-            })
+            self.each_page(
+                "/api/3/sites",
+                "/api/3/sites",
+                |s: &Site| s.id.to_string(),
+                |page: Vec<Site>, _| {
+                    sites.extend(page.into_iter().map(|s| ScannerGroup {
+                        id: s.id.to_string(),
+                        title: s.name,
+                    }));
+                    async { Ok(true) }
+                },
+            )
             .await?;
             Ok(sites)
         })

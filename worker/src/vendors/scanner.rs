@@ -31,15 +31,38 @@ pub enum ScannerError {
     #[error(transparent)]
     Http(#[from] SourceHttpError),
     #[error("{endpoint} on SourceConfig {source_config} answered HTTP {status}: {excerpt}")]
-    Status { source_config: String, endpoint: String, status: u16, excerpt: String },
+    Status {
+        source_config: String,
+        endpoint: String,
+        status: u16,
+        excerpt: String,
+    },
     #[error("{endpoint} on SourceConfig {source_config}: {vendor} error {code}: {text}")]
-    Vendor { source_config: String, endpoint: String, vendor: &'static str, code: String, text: String },
+    Vendor {
+        source_config: String,
+        endpoint: String,
+        vendor: &'static str,
+        code: String,
+        text: String,
+    },
     #[error("{endpoint} on SourceConfig {source_config}: the response is not the expected document ({reason}); it starts with: {excerpt}")]
-    Document { source_config: String, endpoint: String, reason: String, excerpt: String },
+    Document {
+        source_config: String,
+        endpoint: String,
+        reason: String,
+        excerpt: String,
+    },
     #[error("{endpoint} on SourceConfig {source_config}: paging loop: {reason}")]
-    PagingLoop { source_config: String, endpoint: String, reason: String },
+    PagingLoop {
+        source_config: String,
+        endpoint: String,
+        reason: String,
+    },
     #[error("SourceConfig {source_config}: {reason}")]
-    Config { source_config: String, reason: String },
+    Config {
+        source_config: String,
+        reason: String,
+    },
 }
 
 /// The first [`BODY_EXCERPT`] characters of a body, as text.
@@ -192,12 +215,23 @@ pub trait Scanner: Send + Sync {
 }
 
 /// The scanner implementation for `sc`'s vendor, sending through `client`.
-pub fn for_source(sc: &SourceConfig, client: SourceClient) -> Result<Box<dyn Scanner>, ScannerError> {
-    let config_err = |reason: String| ScannerError::Config { source_config: sc.id.clone(), reason };
+#[allow(clippy::result_large_err)] // built once per job run
+pub fn for_source(
+    sc: &SourceConfig,
+    client: SourceClient,
+) -> Result<Box<dyn Scanner>, ScannerError> {
+    let config_err = |reason: String| ScannerError::Config {
+        source_config: sc.id.clone(),
+        reason,
+    };
     match sc.vendor().map_err(|e| config_err(e.to_string()))? {
-        Vendor::Qualys => Ok(Box::new(QualysScanner::new(sc, client).map_err(config_err)?)),
+        Vendor::Qualys => Ok(Box::new(
+            QualysScanner::new(sc, client).map_err(config_err)?,
+        )),
         Vendor::Nexpose => Ok(Box::new(NexposeScanner::new(client))),
-        Vendor::Jira => Err(config_err("unrecognized scanner: JIRA is a ticket engine, not a scanner".into())),
+        Vendor::Jira => Err(config_err(
+            "unrecognized scanner: JIRA is a ticket engine, not a scanner".into(),
+        )),
     }
 }
 
@@ -220,7 +254,10 @@ where
         }
     });
     let guard = AbortOnDrop(task);
-    futures::stream::unfold((rx, guard), |(mut rx, guard)| async move { rx.recv().await.map(|item| (item, (rx, guard))) }).boxed()
+    futures::stream::unfold((rx, guard), |(mut rx, guard)| async move {
+        rx.recv().await.map(|item| (item, (rx, guard)))
+    })
+    .boxed()
 }
 
 /// Aborts a producer task when its consumer goes away.

@@ -10,7 +10,9 @@ use tokio::sync::mpsc;
 
 use super::xml::{time, XmlDoc, XmlEvent};
 use super::{q, QualysScanner, HLD_PATH};
-use crate::vendors::scanner::{DetectionState, HostBatch, ScannedDetection, ScannedHost, ScannerError, HOSTS_PER_BATCH};
+use crate::vendors::scanner::{
+    DetectionState, HostBatch, ScannedDetection, ScannedHost, ScannerError, HOSTS_PER_BATCH,
+};
 
 /// Hosts per page for asset-group selections (the original's value).
 const TRUNCATION_LIMIT: &str = "2500";
@@ -19,12 +21,18 @@ const MAX_PAGES: usize = 100_000;
 
 /// The query of the first page for `groups`: asset group IDs, or `tag-` items
 /// (a tag selection). WAS `web-` groups are not supported.
-pub fn selection(groups: &[String], kernel_filter: i64, since: Option<DateTime<Utc>>) -> Result<Vec<(String, String)>, String> {
+pub fn selection(
+    groups: &[String],
+    kernel_filter: i64,
+    since: Option<DateTime<Utc>>,
+) -> Result<Vec<(String, String)>, String> {
     if groups.is_empty() {
         return Err("no asset groups to list detections for".into());
     }
     if let Some(web) = groups.iter().find(|g| g.contains("web-")) {
-        return Err(format!("group {web:?} is a Qualys WAS web application, which this client does not sync"));
+        return Err(format!(
+            "group {web:?} is a Qualys WAS web application, which this client does not sync"
+        ));
     }
     let mut query = vec![
         q("action", "list"),
@@ -32,15 +40,29 @@ pub fn selection(groups: &[String], kernel_filter: i64, since: Option<DateTime<U
         q("show_reopened_info", "1"),
         q("arf_kernel_filter", kernel_filter.to_string()),
     ];
-    let tags: Vec<&str> = groups.iter().filter_map(|g| g.split_once("tag-").map(|(_, t)| t.trim())).collect();
+    let tags: Vec<&str> = groups
+        .iter()
+        .filter_map(|g| g.split_once("tag-").map(|(_, t)| t.trim()))
+        .collect();
     if tags.is_empty() {
         query.push(q("truncation_limit", TRUNCATION_LIMIT));
-        query.push(q("ag_ids", groups.iter().map(|g| g.trim()).collect::<Vec<_>>().join(",")));
+        query.push(q(
+            "ag_ids",
+            groups
+                .iter()
+                .map(|g| g.trim())
+                .collect::<Vec<_>>()
+                .join(","),
+        ));
     } else {
         if tags.len() != groups.len() {
             return Err("asset group IDs and tag- items cannot be mixed in one selection".into());
         }
-        let by = if tags[0].parse::<u64>().is_ok() { "id" } else { "name" };
+        let by = if tags[0].parse::<u64>().is_ok() {
+            "id"
+        } else {
+            "name"
+        };
         query.extend([
             q("truncation_limit", "0"),
             q("use_tags", "1"),
@@ -52,7 +74,10 @@ pub fn selection(groups: &[String], kernel_filter: i64, since: Option<DateTime<U
         ]);
     }
     if let Some(since) = since {
-        query.push(q("detection_updated_since", since.to_rfc3339_opts(SecondsFormat::Secs, true)));
+        query.push(q(
+            "detection_updated_since",
+            since.to_rfc3339_opts(SecondsFormat::Secs, true),
+        ));
     }
     Ok(query)
 }
@@ -64,31 +89,55 @@ pub(super) async fn run(
     tx: mpsc::Sender<Result<HostBatch, ScannerError>>,
 ) -> Result<(), ScannerError> {
     let source_config = scanner.source_config().to_string();
-    let loop_error = |reason: String| ScannerError::PagingLoop { source_config: source_config.clone(), endpoint: HLD_PATH.into(), reason };
+    let loop_error = |reason: String| ScannerError::PagingLoop {
+        source_config: source_config.clone(),
+        endpoint: HLD_PATH.into(),
+        reason,
+    };
     let mut seen_pages: HashSet<Vec<(String, String)>> = HashSet::new();
     let mut query = first;
     let mut last_id_min: Option<u64> = None;
     for _ in 0..MAX_PAGES {
         seen_pages.insert(query.clone());
         let response = scanner.call(HLD_PATH, &query).await?;
-        let mut doc = XmlDoc::open(response, &source_config, HLD_PATH, "HOST_LIST_VM_DETECTION_OUTPUT").await?;
+        let mut doc = XmlDoc::open(
+            response,
+            &source_config,
+            HLD_PATH,
+            "HOST_LIST_VM_DETECTION_OUTPUT",
+        )
+        .await?;
         let page = read_page(&mut doc, &tx).await?;
         let Some(url) = page.next_url else {
             return Ok(());
         };
         let next = next_page_query(&url).map_err(|reason| doc.not_expected(reason))?;
-        let id_min = next.iter().find(|(k, _)| k == "id_min").and_then(|(_, v)| v.parse::<u64>().ok());
+        let id_min = next
+            .iter()
+            .find(|(k, _)| k == "id_min")
+            .and_then(|(_, v)| v.parse::<u64>().ok());
         if seen_pages.contains(&next) {
-            return Err(loop_error(format!("WARNING/URL asks again for a page already read (id_min={})", id_min.map_or("none".into(), |i| i.to_string()))));
+            return Err(loop_error(format!(
+                "WARNING/URL asks again for a page already read (id_min={})",
+                id_min.map_or("none".into(), |i| i.to_string())
+            )));
         }
         match (id_min, last_id_min, page.last_host_id) {
             (Some(next_min), Some(prev), _) if next_min <= prev => {
-                return Err(loop_error(format!("WARNING/URL does not advance (id_min {next_min} after {prev})")))
+                return Err(loop_error(format!(
+                    "WARNING/URL does not advance (id_min {next_min} after {prev})"
+                )))
             }
             (Some(next_min), _, Some(last)) if next_min <= last => {
-                return Err(loop_error(format!("WARNING/URL goes back to id_min={next_min} after host {last}")))
+                return Err(loop_error(format!(
+                    "WARNING/URL goes back to id_min={next_min} after host {last}"
+                )))
             }
-            (_, _, None) => return Err(loop_error("a page with no host asks for another page".into())),
+            (_, _, None) => {
+                return Err(loop_error(
+                    "a page with no host asks for another page".into(),
+                ))
+            }
             _ => {}
         }
         last_id_min = id_min.or(last_id_min);
@@ -101,11 +150,18 @@ pub(super) async fn run(
 /// used: requests stay on the source's configured address with its
 /// credentials, whatever host the URL names.
 fn next_page_query(url: &str) -> Result<Vec<(String, String)>, String> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| format!("WARNING/URL {url:?} is not a URL ({e})"))?;
+    let parsed =
+        reqwest::Url::parse(url).map_err(|e| format!("WARNING/URL {url:?} is not a URL ({e})"))?;
     if parsed.path().trim_end_matches('/') != HLD_PATH.trim_end_matches('/') {
-        return Err(format!("WARNING/URL points at {} instead of {HLD_PATH}", parsed.path()));
+        return Err(format!(
+            "WARNING/URL points at {} instead of {HLD_PATH}",
+            parsed.path()
+        ));
     }
-    Ok(parsed.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
+    Ok(parsed
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect())
 }
 
 struct Page {
@@ -129,8 +185,14 @@ struct RawDetection {
 }
 
 /// Reads one page, sending full batches as they fill.
-async fn read_page(doc: &mut XmlDoc, tx: &mpsc::Sender<Result<HostBatch, ScannerError>>) -> Result<Page, ScannerError> {
-    let mut page = Page { next_url: None, last_host_id: None };
+async fn read_page(
+    doc: &mut XmlDoc,
+    tx: &mpsc::Sender<Result<HostBatch, ScannerError>>,
+) -> Result<Page, ScannerError> {
+    let mut page = Page {
+        next_url: None,
+        last_host_id: None,
+    };
     let mut batch: Vec<ScannedHost> = Vec::with_capacity(HOSTS_PER_BATCH);
     let mut host = ScannedHost::default();
     let mut det = RawDetection::default();
@@ -150,10 +212,14 @@ async fn read_page(doc: &mut XmlDoc, tx: &mpsc::Sender<Result<HostBatch, Scanner
             XmlEvent::End { name, parent, text } => match (parent.as_str(), name.as_str()) {
                 ("HOST", "ID") => host.asset_id = text,
                 ("HOST", "IP") => host.ip = text,
-                ("HOST", "TRACKING_METHOD") => host.tracking_method = Some(text).filter(|t| !t.is_empty()),
+                ("HOST", "TRACKING_METHOD") => {
+                    host.tracking_method = Some(text).filter(|t| !t.is_empty())
+                }
                 ("HOST", "OS") => host.os = text,
                 ("HOST", "DNS") => host.hostname = text,
-                ("HOST", "EC2_INSTANCE_ID") => host.instance_id = Some(text).filter(|t| !t.is_empty()),
+                ("HOST", "EC2_INSTANCE_ID") => {
+                    host.instance_id = Some(text).filter(|t| !t.is_empty())
+                }
                 ("DETECTION", "QID") => det.qid = text,
                 ("DETECTION", "TYPE") => det.kind = text,
                 ("DETECTION", "STATUS") => det.status = text,
@@ -164,38 +230,68 @@ async fn read_page(doc: &mut XmlDoc, tx: &mpsc::Sender<Result<HostBatch, Scanner
                 ("DETECTION", "LAST_UPDATE_DATETIME") => det.last_update = time(&text),
                 ("DETECTION", "TIMES_FOUND") => det.times_found = text.parse().unwrap_or(0),
                 ("DETECTION", "AFFECT_RUNNING_KERNEL") => det.kernel = text.parse().ok(),
-                ("WARNING", "URL") if in_warning => page.next_url = Some(text).filter(|u| !u.is_empty()),
+                ("WARNING", "URL") if in_warning => {
+                    page.next_url = Some(text).filter(|u| !u.is_empty())
+                }
                 ("DETECTION_LIST", "DETECTION") => {
                     let raw = std::mem::take(&mut det);
                     if raw.qid.parse::<u64>().is_err() {
-                        return Err(doc.not_expected(format!("host {} has a detection whose QID is {:?}", host.asset_id, raw.qid)));
+                        return Err(doc.not_expected(format!(
+                            "host {} has a detection whose QID is {:?}",
+                            host.asset_id, raw.qid
+                        )));
                     }
                     if let Some(d) = map_detection(raw) {
                         // One finding per (host, QID, port, protocol); a missing port counts as -1.
-                        if keys.insert((d.vuln_id.clone(), if d.port == 0 { -1 } else { d.port }, d.protocol.clone())) {
+                        if keys.insert((
+                            d.vuln_id.clone(),
+                            if d.port == 0 { -1 } else { d.port },
+                            d.protocol.clone(),
+                        )) {
                             host.detections.push(d);
                         }
                     }
                 }
                 ("HOST_LIST", "HOST") => {
-                    let id: u64 = host
-                        .asset_id
-                        .parse()
-                        .map_err(|_| doc.not_expected(format!("a HOST whose ID is {:?}", host.asset_id)))?;
+                    let id: u64 = host.asset_id.parse().map_err(|_| {
+                        doc.not_expected(format!("a HOST whose ID is {:?}", host.asset_id))
+                    })?;
                     page.last_host_id = Some(id);
                     batch.push(std::mem::take(&mut host));
                     if batch.len() >= HOSTS_PER_BATCH {
-                        let full = std::mem::replace(&mut batch, Vec::with_capacity(HOSTS_PER_BATCH));
-                        if tx.send(Ok(HostBatch { hosts: full, expected_hosts: None })).await.is_err() {
-                            return Ok(Page { next_url: None, last_host_id: page.last_host_id });
+                        let full =
+                            std::mem::replace(&mut batch, Vec::with_capacity(HOSTS_PER_BATCH));
+                        if tx
+                            .send(Ok(HostBatch {
+                                hosts: full,
+                                expected_hosts: None,
+                            }))
+                            .await
+                            .is_err()
+                        {
+                            return Ok(Page {
+                                next_url: None,
+                                last_host_id: page.last_host_id,
+                            });
                         }
                     }
                 }
                 _ => {}
             },
             XmlEvent::Done => {
-                if !batch.is_empty() && tx.send(Ok(HostBatch { hosts: batch, expected_hosts: None })).await.is_err() {
-                    return Ok(Page { next_url: None, last_host_id: page.last_host_id });
+                if !batch.is_empty()
+                    && tx
+                        .send(Ok(HostBatch {
+                            hosts: batch,
+                            expected_hosts: None,
+                        }))
+                        .await
+                        .is_err()
+                {
+                    return Ok(Page {
+                        next_url: None,
+                        last_host_id: page.last_host_id,
+                    });
                 }
                 return Ok(page);
             }
@@ -245,7 +341,10 @@ mod tests {
 
     #[test]
     fn next_page_keeps_only_path_and_query() {
-        let next = next_page_query("https://other.example/api/2.0/fo/asset/host/vm/detection/?action=list&id_min=5").unwrap();
+        let next = next_page_query(
+            "https://other.example/api/2.0/fo/asset/host/vm/detection/?action=list&id_min=5",
+        )
+        .unwrap();
         assert_eq!(next, vec![q("action", "list"), q("id_min", "5")]);
         assert!(next_page_query("https://x/api/2.0/fo/scan/?a=1").is_err());
     }

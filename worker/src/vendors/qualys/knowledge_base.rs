@@ -13,7 +13,13 @@ pub(super) async fn run(
     tx: mpsc::Sender<Result<Vec<ScannedVulnerability>, ScannerError>>,
 ) -> Result<(), ScannerError> {
     let response = scanner.call(KB_PATH, &query).await?;
-    let mut doc = XmlDoc::open(response, scanner.source_config(), KB_PATH, "KNOWLEDGE_BASE_VULN_LIST_OUTPUT").await?;
+    let mut doc = XmlDoc::open(
+        response,
+        scanner.source_config(),
+        KB_PATH,
+        "KNOWLEDGE_BASE_VULN_LIST_OUTPUT",
+    )
+    .await?;
     let mut batch = Vec::with_capacity(VULNS_PER_BATCH);
     let mut v = ScannedVulnerability::default();
     let mut software: Vec<String> = Vec::new();
@@ -34,7 +40,9 @@ pub(super) async fn run(
                 ("VULN", "CATEGORY") => v.category = Some(text).filter(|t| !t.is_empty()),
                 ("VULN", "DETECTION_INFO") => v.detection_information = text,
                 ("VULN", "LAST_SERVICE_MODIFICATION_DATETIME") => v.updated = time(&text),
-                ("VULN", "PATCHABLE") => v.patchable = Some(if text == "1" { "Yes" } else { "No" }.to_string()),
+                ("VULN", "PATCHABLE") => {
+                    v.patchable = Some(if text == "1" { "Yes" } else { "No" }.to_string())
+                }
                 ("VULN", "DIAGNOSIS") => v.threat = Some(text).filter(|t| !t.is_empty()),
                 ("VULN", "CONSEQUENCE") => v.description = text,
                 ("VULN", "SOLUTION") => v.solution = text,
@@ -45,14 +53,17 @@ pub(super) async fn run(
                 ("CVSS_V3", "BASE") => v.cvss3 = text.parse().ok(),
                 ("VULN_LIST", "VULN") => {
                     if v.vuln_id.parse::<u64>().is_err() {
-                        return Err(doc.not_expected(format!("a VULN whose QID is {:?}", v.vuln_id)));
+                        return Err(
+                            doc.not_expected(format!("a VULN whose QID is {:?}", v.vuln_id))
+                        );
                     }
                     let mut done = std::mem::take(&mut v);
                     done.software = software.join(",");
                     done.references = cves.drain(..).chain(vendor_refs.drain(..)).collect();
                     batch.push(done);
                     if batch.len() >= VULNS_PER_BATCH {
-                        let full = std::mem::replace(&mut batch, Vec::with_capacity(VULNS_PER_BATCH));
+                        let full =
+                            std::mem::replace(&mut batch, Vec::with_capacity(VULNS_PER_BATCH));
                         if tx.send(Ok(full)).await.is_err() {
                             return Ok(());
                         }

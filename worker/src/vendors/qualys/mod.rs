@@ -24,7 +24,9 @@ use reqwest::Method;
 use aegis_shared::model::source_config::{SourceConfig, Vendor};
 use aegis_shared::source_http::{RequestSpec, SourceClient, SourceResponse};
 
-use super::scanner::{spawn_stream, HostBatch, Scanner, ScannerError, ScannerGroup, ScannedVulnerability};
+use super::scanner::{
+    spawn_stream, HostBatch, ScannedVulnerability, Scanner, ScannerError, ScannerGroup,
+};
 use xml::{XmlDoc, XmlEvent};
 
 pub(crate) const HLD_PATH: &str = "/api/2.0/fo/asset/host/vm/detection/";
@@ -46,11 +48,19 @@ pub struct QualysScanner {
 impl QualysScanner {
     pub fn new(sc: &SourceConfig, client: SourceClient) -> Result<Self, String> {
         let payload = sc.payload().map_err(|e| e.to_string())?;
-        let kernel_filter = payload.get("kernel_filter").and_then(serde_json::Value::as_i64).unwrap_or(0);
+        let kernel_filter = payload
+            .get("kernel_filter")
+            .and_then(serde_json::Value::as_i64)
+            .unwrap_or(0);
         if !(0..=4).contains(&kernel_filter) {
-            return Err(format!("payload kernel_filter {kernel_filter} is not between 0 and 4"));
+            return Err(format!(
+                "payload kernel_filter {kernel_filter} is not between 0 and 4"
+            ));
         }
-        Ok(QualysScanner { client, kernel_filter })
+        Ok(QualysScanner {
+            client,
+            kernel_filter,
+        })
     }
 
     pub(crate) fn source_config(&self) -> &str {
@@ -59,8 +69,14 @@ impl QualysScanner {
 
     /// Sends a read-only Qualys call (POST with the parameters in the query
     /// string, as Qualys documents) and fails on a non-200 answer.
-    pub(crate) async fn call(&self, path: &str, query: &[(String, String)]) -> Result<SourceResponse, ScannerError> {
-        let mut spec = RequestSpec::new(Method::POST, path, path).idempotent(true).timeout(DOWNLOAD_TIMEOUT);
+    pub(crate) async fn call(
+        &self,
+        path: &str,
+        query: &[(String, String)],
+    ) -> Result<SourceResponse, ScannerError> {
+        let mut spec = RequestSpec::new(Method::POST, path, path)
+            .idempotent(true)
+            .timeout(DOWNLOAD_TIMEOUT);
         for (k, v) in query {
             spec = spec.query(k.clone(), v.clone());
         }
@@ -89,7 +105,10 @@ impl Scanner for QualysScanner {
         let query = match detections::selection(groups, self.kernel_filter, since) {
             Ok(q) => q,
             Err(reason) => {
-                let e = ScannerError::Config { source_config: self.source_config().to_string(), reason };
+                let e = ScannerError::Config {
+                    source_config: self.source_config().to_string(),
+                    reason,
+                };
                 return stream::once(async { Err(e) }).boxed();
             }
         };
@@ -97,10 +116,16 @@ impl Scanner for QualysScanner {
         spawn_stream(move |tx| async move { detections::run(&scanner, query, tx).await })
     }
 
-    fn vulnerabilities(&self, since: Option<DateTime<Utc>>) -> BoxStream<'_, Result<Vec<ScannedVulnerability>, ScannerError>> {
+    fn vulnerabilities(
+        &self,
+        since: Option<DateTime<Utc>>,
+    ) -> BoxStream<'_, Result<Vec<ScannedVulnerability>, ScannerError>> {
         let mut query = vec![q("action", "list"), q("details", "All")];
         if let Some(since) = since {
-            query.push(q("last_modified_after", since.format("%Y-%m-%d").to_string()));
+            query.push(q(
+                "last_modified_after",
+                since.format("%Y-%m-%d").to_string(),
+            ));
         }
         let scanner = self.clone();
         spawn_stream(move |tx| async move { knowledge_base::run(&scanner, query, tx).await })
@@ -108,22 +133,44 @@ impl Scanner for QualysScanner {
 
     fn asset_groups(&self) -> BoxFuture<'_, Result<Vec<ScannerGroup>, ScannerError>> {
         Box::pin(async move {
-            let response = self.call(GROUP_PATH, &[q("action", "list"), q("show_attributes", "ALL")]).await?;
-            let mut doc = XmlDoc::open(response, self.source_config(), GROUP_PATH, "ASSET_GROUP_LIST_OUTPUT").await?;
+            let response = self
+                .call(
+                    GROUP_PATH,
+                    &[q("action", "list"), q("show_attributes", "ALL")],
+                )
+                .await?;
+            let mut doc = XmlDoc::open(
+                response,
+                self.source_config(),
+                GROUP_PATH,
+                "ASSET_GROUP_LIST_OUTPUT",
+            )
+            .await?;
             let mut groups = Vec::new();
-            let mut current = ScannerGroup { id: String::new(), title: String::new() };
+            let mut current = ScannerGroup {
+                id: String::new(),
+                title: String::new(),
+            };
             loop {
                 match doc.next().await? {
-                    XmlEvent::End { name, parent, text } if parent == "ASSET_GROUP" => match name.as_str() {
-                        "ID" => current.id = text,
-                        "TITLE" => current.title = text,
-                        _ => {}
-                    },
+                    XmlEvent::End { name, parent, text } if parent == "ASSET_GROUP" => {
+                        match name.as_str() {
+                            "ID" => current.id = text,
+                            "TITLE" => current.title = text,
+                            _ => {}
+                        }
+                    }
                     XmlEvent::End { name, .. } if name == "ASSET_GROUP" => {
                         if current.id.is_empty() {
                             return Err(doc.not_expected("an ASSET_GROUP without ID"));
                         }
-                        groups.push(std::mem::replace(&mut current, ScannerGroup { id: String::new(), title: String::new() }));
+                        groups.push(std::mem::replace(
+                            &mut current,
+                            ScannerGroup {
+                                id: String::new(),
+                                title: String::new(),
+                            },
+                        ));
                     }
                     XmlEvent::Done => return Ok(groups),
                     _ => {}

@@ -25,7 +25,11 @@ pub enum XmlEvent {
     Start { name: String },
     /// An element closed with its (trimmed, unescaped) text; `parent` is the
     /// enclosing element after the close.
-    End { name: String, parent: String, text: String },
+    End {
+        name: String,
+        parent: String,
+        text: String,
+    },
     /// The root element closed.
     Done,
 }
@@ -94,8 +98,12 @@ impl XmlDoc {
         };
         match doc.next().await {
             Ok(XmlEvent::Start { name }) if name == root => Ok(doc),
-            Ok(XmlEvent::Start { name }) if name == "SIMPLE_RETURN" => Err(doc.simple_return().await),
-            Ok(XmlEvent::Start { name }) => Err(doc.not_expected(format!("root element is <{name}>, expected <{root}>"))),
+            Ok(XmlEvent::Start { name }) if name == "SIMPLE_RETURN" => {
+                Err(doc.simple_return().await)
+            }
+            Ok(XmlEvent::Start { name }) => {
+                Err(doc.not_expected(format!("root element is <{name}>, expected <{root}>")))
+            }
             Ok(_) => Err(doc.not_expected(format!("no <{root}> element"))),
             Err(e) => Err(e),
         }
@@ -146,7 +154,9 @@ impl XmlDoc {
             let position = self.reader.buffer_position();
             let event = match event {
                 Ok(e) => e,
-                Err(e) => return Err(self.not_expected(format!("malformed XML at byte {position}: {e}"))),
+                Err(e) => {
+                    return Err(self.not_expected(format!("malformed XML at byte {position}: {e}")))
+                }
             };
             match event {
                 Event::Start(e) => {
@@ -169,14 +179,21 @@ impl XmlDoc {
                 }
                 Event::Text(t) => match t.unescape() {
                     Ok(s) => self.text.push_str(s.trim()),
-                    Err(e) => return Err(self.not_expected(format!("bad text at byte {position}: {e}"))),
+                    Err(e) => {
+                        return Err(self.not_expected(format!("bad text at byte {position}: {e}")))
+                    }
                 },
-                Event::CData(c) => self.text.push_str(String::from_utf8_lossy(&c.into_inner()).trim()),
+                Event::CData(c) => self
+                    .text
+                    .push_str(String::from_utf8_lossy(&c.into_inner()).trim()),
                 Event::Eof => {
                     let reason = if self.stack.is_empty() {
                         "the body is empty or holds no element".to_string()
                     } else {
-                        format!("the body ended inside <{}> (truncated)", self.stack.join("/"))
+                        format!(
+                            "the body ended inside <{}> (truncated)",
+                            self.stack.join("/")
+                        )
                     };
                     return Err(self.not_expected(reason));
                 }
@@ -193,12 +210,18 @@ pub fn time(text: &str) -> Option<DateTime<Utc>> {
     if text.is_empty() {
         return None;
     }
-    DateTime::parse_from_rfc3339(text).ok().map(|t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// Reads the body of a failed response into an error quoting its start (and
 /// Qualys' CODE/TEXT when it is a SIMPLE_RETURN).
-pub async fn status_error(response: SourceResponse, source_config: &str, endpoint: &str) -> ScannerError {
+pub async fn status_error(
+    response: SourceResponse,
+    source_config: &str,
+    endpoint: &str,
+) -> ScannerError {
     let status = response.status().as_u16();
     let body = match response.bytes().await {
         Ok(b) => b,
