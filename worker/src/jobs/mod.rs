@@ -7,11 +7,13 @@
 //! Jobs stop at their next await point once `ctx.cancel` fires; the runner
 //! aborts a job that does not stop within a grace period.
 
+pub mod asset_sync;
 pub mod bulk_update;
 pub mod diagnostic;
 pub mod exception;
 pub mod ticket_sync;
 pub mod ticketing;
+pub mod vuln_sync;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -133,6 +135,8 @@ impl Registry {
         r.register(ticket_sync::TicketSyncJob);
         r.register(exception::ExceptionJob);
         r.register(bulk_update::BulkUpdateJob);
+        r.register(asset_sync::AssetSyncJob);
+        r.register(vuln_sync::VulnSyncJob);
         r
     }
 
