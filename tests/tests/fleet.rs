@@ -383,6 +383,11 @@ async fn job_of_a_killed_worker_completes_on_another_worker() -> anyhow::Result<
         .insert_diagnostic(r#"{"record": true, "sleep_ms": 2000}"#, 0)
         .await?;
     f.wait_status(&id, 2, T).await?;
+    // Kill it mid-job: after the first run recorded itself, during its sleep.
+    eventually("the first run to start its work", T, || async {
+        Ok((runs_of(&f, &id).await? == 1).then_some(()))
+    })
+    .await?;
     f.processes[a].kill_9();
     f.worker()?;
     f.wait_status(&id, 3, T).await?;

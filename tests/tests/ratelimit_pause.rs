@@ -19,7 +19,9 @@ async fn a_429_with_retry_after_pauses_every_process_for_that_long() -> anyhow::
         database: Some((db.url.clone(), id)),
         fixed: None,
         tasks: 2,
-        duration: Duration::from_secs(5),
+        // Long enough that, after the 2 s pause, every process gets more turns
+        // even when process start-up is slow on a loaded machine.
+        duration: Duration::from_secs(12),
         path: "/work?ms=2".into(),
         lease_ttl: Duration::from_secs(30),
     };
