@@ -8,6 +8,7 @@
 //! aborts a job that does not stop within a grace period.
 
 pub mod diagnostic;
+pub mod scan_close;
 
 use std::collections::HashMap;
 use std::sync::Arc;
