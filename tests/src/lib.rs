@@ -6,6 +6,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+pub mod estate;
 pub mod fleet;
 pub mod otlp;
 

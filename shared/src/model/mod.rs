@@ -2,11 +2,17 @@
 //! configs, job configs and the Job catalogue. Each module holds the row type, its
 //! validation, and its queries (bind parameters only).
 
+pub mod asset_group;
+pub mod detection;
+pub mod device;
+pub mod ignore;
 pub mod job;
 pub mod job_config;
 pub mod job_history;
 pub mod organization;
 pub mod source_config;
+pub mod ticket;
+pub mod vulnerability;
 
 /// Why a model operation was refused. Messages name the field and what to do.
 #[derive(Debug, thiserror::Error)]

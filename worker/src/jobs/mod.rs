@@ -7,8 +7,14 @@
 //! Jobs stop at their next await point once `ctx.cancel` fires; the runner
 //! aborts a job that does not stop within a grace period.
 
+pub mod asset_sync;
+pub mod bulk_update;
 pub mod diagnostic;
+pub mod exception;
 pub mod scan_close;
+pub mod ticket_sync;
+pub mod ticketing;
+pub mod vuln_sync;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -126,6 +132,12 @@ impl Registry {
     pub fn standard() -> Self {
         let mut r = Registry::default();
         r.register(diagnostic::DiagnosticJob);
+        r.register(ticketing::TicketingJob);
+        r.register(ticket_sync::TicketSyncJob);
+        r.register(exception::ExceptionJob);
+        r.register(bulk_update::BulkUpdateJob);
+        r.register(asset_sync::AssetSyncJob);
+        r.register(vuln_sync::VulnSyncJob);
         r
     }
 

@@ -1,0 +1,218 @@
+//! AssetSyncJob throughput: a first sync and a no-change re-sync of a
+//! generated estate from the Qualys and the Nexpose simulators into MariaDB,
+//! through a real coordinator and worker, with the worker's peak RSS.
+//!
+//! ```sh
+//! cargo build --release --workspace --bins
+//! cargo run --release -p aegis-tests --bin bench_asset_sync
+//! # sizes: BENCH_HOSTS (50000), BENCH_DETECTIONS (20), BENCH_NEXPOSE_HOSTS (10000)
+//! ```
+//!
+//! Prints a Markdown table (the one in docs/BENCHMARKS.md).
+
+use std::time::{Duration, Instant};
+
+use aegis_shared::model::job_config::{self, NewJobConfig};
+use aegis_shared::model::organization::{self, NewOrganization, OrgPayload};
+use aegis_shared::model::source_config::{self, NewSourceConfig, Vendor};
+use aegis_shared::secrets::Secret;
+use aegis_sim::{EstateSpec, SimConfig, Simulator};
+use aegis_tests::fleet::Fleet;
+use serde_json::json;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Peak resident set size of a process (VmHWM), in MB.
+fn peak_rss_mb(pid: i32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(str::to_string)
+        })
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+async fn setup(
+    f: &Fleet,
+    code: &str,
+    vendor: Vendor,
+    address: &str,
+    groups: Vec<String>,
+) -> anyhow::Result<(String, String, String)> {
+    let mut tx = f.pool().begin().await?;
+    let org = organization::create(
+        &mut tx,
+        &NewOrganization {
+            code: code.into(),
+            description: "bench".into(),
+            payload: OrgPayload::default(),
+            time_zone_offset: 0.0,
+            parent_code: None,
+            created_by: "bench".into(),
+        },
+    )
+    .await?;
+    let (sc, _) = source_config::create(
+        &mut tx,
+        &NewSourceConfig {
+            org_code: code.into(),
+            vendor,
+            address: address.into(),
+            port: None,
+            username: "aegis".into(),
+            password: Secret::new("aegis"),
+            token: Secret::default(),
+            delay_ns: 0,
+            concurrency: 8,
+            retries: 2,
+            verify_tls: true,
+            limit_key: None,
+            payload: serde_json::Map::new(),
+            created_by: "bench".into(),
+        },
+        None,
+    )
+    .await?;
+    let jc = |name: &str, payload: serde_json::Value| NewJobConfig {
+        job_name: name.into(),
+        data_in: vec![sc.id.clone()],
+        data_out: vec![sc.id.clone()],
+        payload,
+        priority_override: Some(0),
+        continuous: false,
+        wait_in_seconds: 0,
+        max_instances: 0,
+        auto_start: false,
+    };
+    let vuln = job_config::create(&mut tx, &org.id, &jc("VulnSyncJob", json!({})), "bench").await?;
+    let asset = job_config::create(
+        &mut tx,
+        &org.id,
+        &jc("AssetSyncJob", json!({"groups": groups})),
+        "bench",
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((org.id, vuln, asset))
+}
+
+/// Runs a job config once; returns its wall time (insert to COMPLETED).
+async fn run(f: &Fleet, config: &str) -> anyhow::Result<Duration> {
+    let id = uuid::Uuid::new_v4().to_string();
+    let started = Instant::now();
+    sqlx::query("INSERT INTO JobHistory (ID, JobId, ConfigID, StatusId, Priority, Payload) SELECT ?, JobId, ID, 1, 0, Payload FROM JobConfig WHERE ID = ?")
+        .bind(&id)
+        .bind(config)
+        .execute(f.pool())
+        .await?;
+    f.wait_status(&id, 3, Duration::from_secs(900)).await?;
+    Ok(started.elapsed())
+}
+
+async fn count(f: &Fleet, org: &str) -> anyhow::Result<i64> {
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM Detection WHERE OrganizationID = ?")
+        .bind(org)
+        .fetch_one(f.pool())
+        .await?;
+    Ok(n)
+}
+
+struct Row {
+    scanner: &'static str,
+    hosts: usize,
+    detections: i64,
+    first: Duration,
+    resync: Duration,
+    rss: f64,
+}
+
+async fn bench(vendor: Vendor, hosts: usize, per_host: usize) -> anyhow::Result<Row> {
+    let mut cfg = SimConfig {
+        estate: EstateSpec {
+            hosts,
+            detections_per_host: per_host,
+            seed: 11,
+        },
+        ..Default::default()
+    };
+    cfg.qualys.concurrency_limit = 8;
+    let sim = Simulator::start(cfg).await?;
+    let mut f = Fleet::new().await?;
+    f.env
+        .insert("RUST_LOG".into(), "info,sqlx=warn,lapin=warn".into());
+    f.coordinator()?;
+    let worker = f.worker()?;
+    let groups: Vec<String> = (1..=hosts.div_ceil(1000)).map(|g| g.to_string()).collect();
+    let (address, name) = match vendor {
+        Vendor::Nexpose => (sim.nexpose_url(), "Nexpose"),
+        _ => (sim.qualys_url(), "Qualys"),
+    };
+    let (org, vuln, asset) = setup(&f, "BENCH", vendor, &address, groups).await?;
+    run(&f, &vuln).await?;
+    eprintln!("{name}: knowledge base synced; first AssetSync of {hosts} hosts x {per_host}…");
+    let first = run(&f, &asset).await?;
+    let detections = count(&f, &org).await?;
+    eprintln!("{name}: first sync {detections} detections in {first:?}; re-sync…");
+    let resync = run(&f, &asset).await?;
+    let rss = peak_rss_mb(f.processes[worker].pid());
+    anyhow::ensure!(
+        count(&f, &org).await? == detections,
+        "the re-sync changed the row count"
+    );
+    let progress = f.processes[worker]
+        .output()
+        .lines()
+        .filter(|l| l.contains("Synced "))
+        .count();
+    eprintln!("{name}: re-sync in {resync:?}; worker peak RSS {rss:.0} MB; {progress} progress lines logged");
+    drop(f);
+    sim.shutdown().await;
+    Ok(Row {
+        scanner: name,
+        hosts,
+        detections,
+        first,
+        resync,
+        rss,
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let hosts = env_usize("BENCH_HOSTS", 50_000);
+    let per_host = env_usize("BENCH_DETECTIONS", 20);
+    let nexpose_hosts = env_usize("BENCH_NEXPOSE_HOSTS", 10_000);
+    let mut rows = vec![bench(Vendor::Qualys, hosts, per_host).await?];
+    if nexpose_hosts > 0 {
+        rows.push(bench(Vendor::Nexpose, nexpose_hosts, per_host).await?);
+    }
+    println!("| scanner | hosts × detections | detections | first sync | detections/s | no-change re-sync | speed-up | worker peak RSS |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {} × {} | {} | {:.1} s | {:.0} | {:.1} s | {:.1}× | {:.0} MB |",
+            r.scanner,
+            r.hosts,
+            per_host,
+            r.detections,
+            r.first.as_secs_f64(),
+            r.detections as f64 / r.first.as_secs_f64(),
+            r.resync.as_secs_f64(),
+            r.first.as_secs_f64() / r.resync.as_secs_f64(),
+            r.rss
+        );
+    }
+    Ok(())
+}

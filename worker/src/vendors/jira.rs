@@ -1,1 +1,0 @@
-//! JIRA REST API v2 client.

@@ -1,1 +1,0 @@
-//! Qualys VM API v2 (XML) client.
