@@ -165,6 +165,17 @@ async fn run(ctx: JobContext) -> Result<(), JobError> {
         results.dead.len()
     );
 
+    // When the scan was requested (second precision, as the scanner's dates):
+    // a detection not updated since was not checked by this scan.
+    let scan_created = p
+        .scan
+        .get("created")
+        .and_then(serde_json::Value::as_str)
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .unwrap_or(summary.created_date);
+    let scan_created =
+        chrono::DateTime::from_timestamp(scan_created.timestamp(), 0).unwrap_or(scan_created);
     let keys = p.tickets.clone().unwrap_or_default();
     let mut tickets = load_tickets(&engine, &keys).await;
     if p.kind == RescanType::Decommissioned {
@@ -197,7 +208,7 @@ async fn run(ctx: JobContext) -> Result<(), JobError> {
             status: aegis_status(&engine, &t.status),
             ip: t.field(field::IP_ADDRESS).trim().to_string(),
         };
-        let ev = match evidence(t, &results, &by_asset, tracking, summary.created_date) {
+        let ev = match evidence(t, &results, &by_asset, tracking, scan_created) {
             Ok(ev) => ev,
             Err(why) => {
                 tracing::warn!("ticket {} left unchanged: {why}", t.key);

@@ -597,7 +597,9 @@ impl QualysScans {
         }
         let mut wait = self.settings.retry_first;
         let mut attempt = 0;
+        let mut requested;
         let answer = loop {
+            requested = Utc::now();
             match self
                 .scanner
                 .call_text(Method::POST, SCAN_PATH, &query, None, false)
@@ -648,7 +650,8 @@ impl QualysScans {
             "templateId": template_id,
             "groupId": b.group,
             "engineId": b.appliances,
-            "created": Utc::now().to_rfc3339(),
+            // When the launch was requested: nothing this scan found can be older.
+            "created": requested.to_rfc3339(),
             "scheduled": false,
         });
         Ok(LaunchedScan {
