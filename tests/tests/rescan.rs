@@ -555,3 +555,150 @@ async fn a_scan_that_never_finishes_is_abandoned_and_its_tickets_rescanned_later
     assert_eq!(r.status(&k), "Closed-Remediated");
     Ok(())
 }
+
+/// Edits a ticket's fields through JIRA's REST API (as a person would in the UI).
+async fn edit(r: &Rig, key: &str, fields: Value) -> anyhow::Result<()> {
+    let resp = reqwest::Client::new()
+        .put(format!("{}/rest/api/2/issue/{key}", r.sim.jira_url()))
+        .basic_auth("remediator", Some("aegis"))
+        .json(&json!({ "fields": fields }))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        resp.status().is_success(),
+        "edit {key}: {}",
+        resp.text().await?
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn passive_and_exception_rescans_close_fixed_tickets_and_never_reopen() -> anyhow::Result<()>
+{
+    let r = rig(2).await?;
+    r.sync_and_ticket().await?;
+    let soon = (chrono::Utc::now() + chrono::Duration::days(3))
+        .format("%Y-%m-%d")
+        .to_string();
+    // PASSIVE: open tickets due within 15 days.
+    let fixed = r.key("10.0.0.1", "38739");
+    let still = r.key("10.0.0.1", "38740");
+    r.sim.jira_transition(&still, "Resolved-Exception")?;
+    for k in [&fixed, &still] {
+        edit(&r, k, json!({ "duedate": soon })).await?;
+    }
+    r.sim
+        .fix_vulnerability(ip("10.0.0.1"), 38739, 443, Proto::Tcp)?;
+    r.run("RescanQueueJob", Some(json!({"type": "PASSIVE"})))
+        .await?;
+    r.settle().await?;
+    assert_eq!(r.status(&fixed), "Closed-Remediated");
+    assert_eq!(
+        r.status(&still),
+        "Resolved-Exception",
+        "a passive rescan never reopens"
+    );
+
+    // EXCEPTIONS: an approved exception named in include_exceptions.
+    let excepted = r.key("10.0.0.4", "38742");
+    r.sim.jira_transition(&excepted, "Closed-Exception")?;
+    edit(
+        &r,
+        &excepted,
+        json!({ r.fields["CERF"].clone(): "CERF-42" }),
+    )
+    .await?;
+    r.run(
+        "RescanQueueJob",
+        Some(json!({"type": "EXCEPTIONS", "include_exceptions": ["CERF-42"]})),
+    )
+    .await?;
+    r.settle().await?;
+    assert_eq!(
+        r.count("SELECT COUNT(*) FROM ScanSummary WHERE OrgID = ?")
+            .await?,
+        2,
+        "an exception rescan ran"
+    );
+    assert_eq!(
+        r.status(&excepted),
+        "Closed-Exception",
+        "an exception rescan never reopens"
+    );
+    // With nothing due and no include_exceptions, the run ends at once.
+    r.run("RescanQueueJob", Some(json!({"type": "EXCEPTIONS"})))
+        .await?;
+    assert!(
+        r.failed_jobs().await?.is_empty(),
+        "{:?}",
+        r.failed_jobs().await?
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_kill_9_during_scan_close_ends_with_every_ticket_in_the_right_state() -> anyhow::Result<()>
+{
+    let mut r = rig(3).await?;
+    r.sync_and_ticket().await?;
+    let fixed = r.key("10.0.0.1", "38739");
+    let still = r.key("10.0.0.1", "38740");
+    let also_fixed = r.key("10.0.0.2", "38739");
+    for k in [&fixed, &still, &also_fixed] {
+        r.sim.jira_transition(k, "Resolved-Remediated")?;
+    }
+    r.sim
+        .fix_vulnerability(ip("10.0.0.1"), 38739, 443, Proto::Tcp)?;
+    r.sim
+        .fix_vulnerability(ip("10.0.0.2"), 38739, 443, Proto::Tcp)?;
+    // Slow transitions, so the kill lands while ScanCloseJob is deciding.
+    let mut slow = aegis_sim::FaultSpec::new(
+        aegis_sim::Vendor::Jira,
+        aegis_sim::FaultAction::Latency { ms: 1500 },
+        100_000,
+    )
+    .on("/rest/api/2/issue");
+    slow.method = Some("POST".into());
+    r.sim.inject_fault(slow);
+    r.run("RescanQueueJob", None).await?;
+    let (close, worker): (String, String) = eventually("a running ScanCloseJob", T, || async {
+        let row: Option<(String, String)> = sqlx::query_as(
+            "SELECT h.ID, h.WorkerID FROM JobHistory h JOIN Job j ON j.Id = h.JobId
+              WHERE j.Struct = 'ScanCloseJob' AND h.StatusId = 2 AND h.WorkerID IS NOT NULL LIMIT 1",
+        )
+        .fetch_optional(r.f.pool())
+        .await?;
+        if row.is_none() {
+            r.run("ScanSyncJob", None).await?;
+        }
+        Ok(row)
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", r.f.logs()))?;
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    let p =
+        r.f.processes
+            .iter()
+            .position(|p| p.name == worker)
+            .expect("the worker is ours");
+    r.f.processes[p].kill_9();
+    r.f.wait_status(&close, 3, Duration::from_secs(120)).await?;
+    r.settle().await?;
+    let (attempt,): (i32,) = sqlx::query_as("SELECT Attempt FROM JobHistory WHERE ID = ?")
+        .bind(&close)
+        .fetch_one(r.f.pool())
+        .await?;
+    assert!(
+        attempt >= 2,
+        "the killed close ran again (attempt {attempt})"
+    );
+    assert_eq!(r.status(&fixed), "Closed-Remediated");
+    assert_eq!(r.status(&also_fixed), "Closed-Remediated");
+    assert_eq!(r.status(&still), "Reopened");
+    assert_eq!(
+        r.count("SELECT COUNT(*) FROM RescanLease WHERE OrganizationID = ?")
+            .await?,
+        0
+    );
+    Ok(())
+}
