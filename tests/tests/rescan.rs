@@ -135,6 +135,7 @@ async fn rig(workers: usize) -> anyhow::Result<Rig> {
         ("VulnSyncJob", &q, &q, json!({})),
         ("AssetSyncJob", &q, &q, json!({"groups": ["42"]})),
         ("TicketingJob", &q, &j, json!({})),
+        ("TicketSyncJob", &j, &q, json!({})),
         ("RescanQueueJob", &j, &q, json!({"type": "NORMAL"})),
         ("RescanJob", &q, &j, json!({})),
         ("ScanSyncJob", &q, &q, json!({})),
@@ -449,6 +450,31 @@ async fn a_resolved_decommissioned_dead_host_is_closed_ignored_and_not_ticketed_
         "no new ticket: {:?}",
         r.tickets()
     );
+
+    // The device comes back: once a scan sees it again, AssetSync lifts the
+    // decommission and TicketingJob opens new tickets for its findings.
+    r.sim.revive_host(ip("10.0.0.2"))?;
+    let payload = json!({"group": "42", "tickets": [dead_a], "type": "NORMAL"});
+    r.run("RescanJob", Some(payload)).await?;
+    r.settle().await?;
+    assert_eq!(
+        r.status(&dead_a),
+        "Closed-Decommission",
+        "a closed ticket is left closed"
+    );
+    r.run("TicketSyncJob", None).await?;
+    r.sync_and_ticket().await?;
+    assert_eq!(
+        r.count(
+            "SELECT COUNT(*) FROM `Ignore` WHERE OrganizationID = ? AND TypeId = 2 AND Active = 1"
+        )
+        .await?,
+        0,
+        "decommission lifted"
+    );
+    let again = r.key("10.0.0.2", "38739");
+    assert_ne!(again, dead_a, "a new ticket for the device that came back");
+    assert_eq!(r.status(&again), "Open");
     Ok(())
 }
 
