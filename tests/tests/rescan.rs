@@ -27,16 +27,16 @@ const T: Duration = Duration::from_secs(90);
 fn fixture() -> WorldFixture {
     serde_json::from_value(json!({
         "hosts": [
-            {"ip": "10.0.0.1", "hostname": "web1.example", "os": "Ubuntu Linux 18.04", "qualys_host_id": 1001,
+            {"ip": "10.0.0.1", "hostname": "web1.example", "os": "Ubuntu Linux 18.04", "qualys_host_id": 1001, "nexpose_asset_id": 1, "site_ids": [1],
              "asset_group_ids": [42],
              "vulns": [{"qid": 38739, "port": 443, "protocol": "tcp", "proof": "TLSv1.0 enabled"},
                        {"qid": 38740, "port": 22, "protocol": "tcp", "proof": "<b>OpenSSH 7.2</b> banner"}]},
-            {"ip": "10.0.0.2", "hostname": "db1.example", "os": "Windows Server 2019", "qualys_host_id": 1002,
+            {"ip": "10.0.0.2", "hostname": "db1.example", "os": "Windows Server 2019", "qualys_host_id": 1002, "nexpose_asset_id": 2, "site_ids": [1],
              "asset_group_ids": [42],
              "vulns": [{"qid": 38739, "port": 443, "protocol": "tcp"}, {"qid": 38741, "port": 8080, "protocol": "tcp"}]},
-            {"ip": "10.0.0.3", "hostname": "app1.example", "os": "CentOS 7", "qualys_host_id": 1003,
+            {"ip": "10.0.0.3", "hostname": "app1.example", "os": "CentOS 7", "qualys_host_id": 1003, "nexpose_asset_id": 3, "site_ids": [1],
              "asset_group_ids": [42], "vulns": [{"qid": 38741, "port": 8080, "protocol": "tcp"}]},
-            {"ip": "10.0.0.4", "hostname": "app2.example", "os": "CentOS 7", "qualys_host_id": 1004,
+            {"ip": "10.0.0.4", "hostname": "app2.example", "os": "CentOS 7", "qualys_host_id": 1004, "nexpose_asset_id": 4, "site_ids": [1],
              "asset_group_ids": [42], "vulns": [{"qid": 38742, "port": 80, "protocol": "tcp"}]}
         ],
         "kb": [
@@ -46,7 +46,8 @@ fn fixture() -> WorldFixture {
             {"qid": 38742, "title": "Apache old", "severity": 4, "cvss2": 7.2}
         ],
         "asset_groups": [{"id": 42, "title": "DMZ", "appliance_ids": [7]}],
-        "appliances": [{"id": 7, "name": "sim-scanner-1", "status": "Online"}]
+        "appliances": [{"id": 7, "name": "sim-scanner-1", "status": "Online"}],
+        "sites": [{"id": 1, "name": "DMZ"}]
     }))
     .expect("fixture")
 }
@@ -62,6 +63,10 @@ struct Rig {
 }
 
 async fn rig(workers: usize) -> anyhow::Result<Rig> {
+    rig_with(workers, Vendor::Qualys).await
+}
+
+async fn rig_with(workers: usize, scanner: Vendor) -> anyhow::Result<Rig> {
     let mut cfg = SimConfig {
         fixture: Some(fixture()),
         scan_timing: ScanTiming::fast(),
@@ -123,17 +128,40 @@ async fn rig(workers: usize) -> anyhow::Result<Rig> {
         None,
     )
     .await?;
-    let (qualys, _) = source_config::create(
-        &mut tx,
-        &sc(Vendor::Qualys, sim.qualys_url().to_string(), qualys_payload),
-        None,
-    )
-    .await?;
+    let mut nexpose_payload = suggested["nexpose"]["payload"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    nexpose_payload.insert("sites".into(), json!([1]));
+    let (qualys, _) = if scanner == Vendor::Nexpose {
+        source_config::create(
+            &mut tx,
+            &sc(
+                Vendor::Nexpose,
+                sim.nexpose_url().to_string(),
+                nexpose_payload,
+            ),
+            None,
+        )
+        .await?
+    } else {
+        source_config::create(
+            &mut tx,
+            &sc(Vendor::Qualys, sim.qualys_url().to_string(), qualys_payload),
+            None,
+        )
+        .await?
+    };
+    let group = if scanner == Vendor::Nexpose {
+        "1"
+    } else {
+        "42"
+    };
     let (j, q) = (jira.id.clone(), qualys.id.clone());
     let mut configs = HashMap::new();
     for (name, din, dout, payload) in [
         ("VulnSyncJob", &q, &q, json!({})),
-        ("AssetSyncJob", &q, &q, json!({"groups": ["42"]})),
+        ("AssetSyncJob", &q, &q, json!({"groups": [group]})),
         ("TicketingJob", &q, &j, json!({})),
         ("TicketSyncJob", &j, &q, json!({})),
         ("RescanQueueJob", &j, &q, json!({"type": "NORMAL"})),
@@ -725,6 +753,64 @@ async fn a_kill_9_during_scan_close_ends_with_every_ticket_in_the_right_state() 
         r.count("SELECT COUNT(*) FROM RescanLease WHERE OrganizationID = ?")
             .await?,
         0
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn nexpose_rescans_close_reopen_and_confirm_a_dead_host_by_discovery() -> anyhow::Result<()> {
+    let r = rig_with(2, Vendor::Nexpose).await?;
+    r.sync_and_ticket().await?;
+    let fixed = r.key("10.0.0.1", "sim-vuln-38739");
+    let still = r.key("10.0.0.1", "sim-vuln-38740");
+    let dead = r.key("10.0.0.2", "sim-vuln-38739");
+    let alive = r.key("10.0.0.4", "sim-vuln-38742");
+    r.sim.jira_transition(&fixed, "Resolved-Remediated")?;
+    r.sim.jira_transition(&still, "Resolved-Remediated")?;
+    r.sim.jira_transition(&dead, "Resolved-Decommissioned")?;
+    r.sim.jira_transition(&alive, "Resolved-Decommissioned")?;
+    r.sim
+        .fix_vulnerability(ip("10.0.0.1"), 38739, 443, Proto::Tcp)?;
+    r.sim.kill_host(ip("10.0.0.2"))?;
+
+    r.run("RescanQueueJob", None).await?;
+    r.run("RescanQueueJob", Some(json!({"type": "DECOMMISSIONED"})))
+        .await?;
+    r.settle().await?;
+
+    assert!(
+        r.failed_jobs().await?.is_empty(),
+        "{:?}\n{}",
+        r.failed_jobs().await?,
+        r.f.logs()
+    );
+    assert_eq!(
+        r.status(&fixed),
+        "Closed-Remediated",
+        "{:?}",
+        r.comments(&fixed)
+    );
+    assert_eq!(r.status(&still), "Reopened");
+    assert_eq!(
+        r.status(&dead),
+        "Closed-Decommission",
+        "{:?}",
+        r.comments(&dead)
+    );
+    assert!(r
+        .comments(&dead)
+        .join("\n")
+        .contains("without finding 10.0.0.2 alive"));
+    assert_eq!(r.status(&alive), "Reopened");
+    assert_eq!(
+        r.count("SELECT COUNT(*) FROM `Ignore` WHERE OrganizationID = ? AND TypeId = 2 AND Active = 1 AND DeviceID = '2'")
+            .await?,
+        1
+    );
+    assert_eq!(
+        r.sim.state_summary()["nexpose"]["template_copies"],
+        0,
+        "template copies deleted"
     );
     Ok(())
 }

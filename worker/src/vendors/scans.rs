@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use aegis_shared::model::source_config::{SourceConfig, Vendor};
 use aegis_shared::source_http::SourceClient;
 
+use super::nexpose::scans::NexposeScans;
 use super::qualys::scans::QualysScans;
 use super::scanner::{ScannedHost, ScannerError};
 
@@ -101,6 +102,7 @@ pub fn for_source(
 ) -> Result<Box<dyn ScanLauncher>, String> {
     match sc.vendor().map_err(|e| e.to_string())? {
         Vendor::Qualys => Ok(Box::new(QualysScans::new(sc, client)?)),
+        Vendor::Nexpose => Ok(Box::new(NexposeScans::new(sc, client)?)),
         other => Err(format!(
             "SourceConfig {}: rescans are not supported for {} yet",
             sc.id,
