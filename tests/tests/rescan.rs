@@ -359,6 +359,17 @@ async fn resolved_remediated_tickets_end_closed_reopened_with_proof_or_scan_erro
     }
     r.sim
         .fix_vulnerability(ip("10.0.0.1"), 38739, 443, Proto::Tcp)?;
+    // An open ticket linked to a resolved one is rescanned with it.
+    let child = r.key("10.0.0.2", "38739");
+    let resp = reqwest::Client::new()
+        .put(format!("{}/rest/api/2/issue/{child}", r.sim.jira_url()))
+        .basic_auth("remediator", Some("aegis"))
+        .json(&json!({"update": {"issuelinks": [{"add": {"type": {"name": "Related"}, "outwardIssue": {"key": fixed}}}]}}))
+        .send()
+        .await?;
+    assert!(resp.status().is_success(), "link: {}", resp.text().await?);
+    r.sim
+        .fix_vulnerability(ip("10.0.0.2"), 38739, 443, Proto::Tcp)?;
     r.sim.patch_host(
         ip("10.0.0.3"),
         &HostPatch {
@@ -388,6 +399,11 @@ async fn resolved_remediated_tickets_end_closed_reopened_with_proof_or_scan_erro
     );
     assert_eq!(r.status(&stale), "Scan-Error");
     assert_eq!(r.status(&untouched), "Open");
+    assert_eq!(
+        r.status(&child),
+        "Closed-Remediated",
+        "the linked open ticket, fixed"
+    );
     assert_eq!(
         r.count("SELECT COUNT(*) FROM RescanLease WHERE OrganizationID = ?")
             .await?,

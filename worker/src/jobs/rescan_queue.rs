@@ -24,7 +24,8 @@
 //! Differences from the original: the exception list is the organization's
 //! own; an empty CERF list ends the EXCEPTIONS run at once (the original hung);
 //! the agent delay is measured from the ticket's last JIRA update, so it needs
-//! no process memory; linked child tickets of NORMAL parents are not selected.
+//! no process memory; linked child tickets of NORMAL parents are read from the
+//! parents' links rather than a `linkedIssues()` query.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -76,6 +77,55 @@ async fn exceptions_due(ctx: &JobContext, org_id: &str) -> Result<Vec<String>, J
     .await
     .map_err(|e| JobError::Failed(anyhow::anyhow!("error while gathering exceptions: {e}")))?;
     Ok(rows.into_iter().map(|(a,)| a).collect())
+}
+
+/// NORMAL also rescans the live tickets linked to the resolved ones (the
+/// original's `issue in linkedIssues(…)` query): Resolved-Remediated, Open,
+/// In-Progress or Reopened, same Method of Discovery and Org, parents first.
+/// They are read from the parents' links, one by one; one that cannot be read
+/// is logged and skipped.
+async fn linked_children(
+    engine: &dyn TicketEngine,
+    parents: &[Ticket],
+    org_code: &str,
+    method_of_discovery: &str,
+) -> Vec<Ticket> {
+    let live: Vec<String> = [
+        status::RESOLVED_REMEDIATED,
+        status::OPEN,
+        status::IN_PROGRESS,
+        status::REOPENED,
+    ]
+    .iter()
+    .map(|s| engine.status_name(s))
+    .collect();
+    let mut seen: std::collections::HashSet<String> =
+        parents.iter().map(|t| t.key.clone()).collect();
+    let mut out = Vec::new();
+    for key in parents.iter().flat_map(|t| t.linked.iter()) {
+        if !seen.insert(key.clone()) {
+            continue;
+        }
+        match engine.get(key).await {
+            Ok(t)
+                if live.iter().any(|s| s.eq_ignore_ascii_case(&t.status))
+                    && t.field(field::ORG).eq_ignore_ascii_case(org_code)
+                    && t.field(field::METHOD_OF_DISCOVERY)
+                        .eq_ignore_ascii_case(method_of_discovery) =>
+            {
+                out.push(t)
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("could not load linked ticket {key}: {e}"),
+        }
+    }
+    if !out.is_empty() {
+        tracing::info!(
+            "{} linked ticket(s) of resolved tickets selected too",
+            out.len()
+        );
+    }
+    out
 }
 
 async fn run(ctx: JobContext) -> Result<(), JobError> {
@@ -154,10 +204,14 @@ async fn run(ctx: JobContext) -> Result<(), JobError> {
         .try_collect()
         .await
         .map_err(|e| JobError::Failed(anyhow::anyhow!("error while loading tickets: {e}")))?;
-    let tickets: Vec<Ticket> = tickets
+    let mut tickets: Vec<Ticket> = tickets
         .into_iter()
         .filter(|t| t.field(field::ORG).eq_ignore_ascii_case(&org_code))
         .collect();
+    if kind == RescanType::Normal {
+        let children = linked_children(&engine, &tickets, &org_code, &method_of_discovery).await;
+        tickets.extend(children);
+    }
     let prefix = if kind == RescanType::Normal {
         String::new()
     } else {
