@@ -67,12 +67,17 @@ async fn rig(workers: usize) -> anyhow::Result<Rig> {
 }
 
 async fn rig_with(workers: usize, scanner: Vendor) -> anyhow::Result<Rig> {
+    rig_full(workers, scanner, 10).await
+}
+
+async fn rig_full(workers: usize, scanner: Vendor, scan_limit: usize) -> anyhow::Result<Rig> {
     let mut cfg = SimConfig {
         fixture: Some(fixture()),
         scan_timing: ScanTiming::fast(),
         ..Default::default()
     };
     cfg.qualys.concurrency_limit = 8;
+    cfg.qualys.concurrent_scan_limit = scan_limit;
     let sim = Simulator::start(cfg).await?;
     let mut f = Fleet::new().await?;
     f.coordinator()?;
@@ -122,6 +127,7 @@ async fn rig_with(workers: usize, scanner: Vendor) -> anyhow::Result<Rig> {
         .unwrap_or_default();
     qualys_payload.insert("groups".into(), json!([42]));
     qualys_payload.insert("concurrent_scan_retry_seconds".into(), json!(1));
+    qualys_payload.insert("concurrent_scan_retries".into(), json!(2));
     let (jira, _) = source_config::create(
         &mut tx,
         &sc(Vendor::Jira, sim.jira_url().to_string(), jira_payload),
@@ -828,5 +834,71 @@ async fn nexpose_rescans_close_reopen_and_confirm_a_dead_host_by_discovery() -> 
         0,
         "template copies deleted"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_concurrent_scan_limit_is_retried_up_to_a_bound_and_a_failed_launch_cleans_up(
+) -> anyhow::Result<()> {
+    let r = rig_full(2, Vendor::Qualys, 1).await?;
+    r.sync_and_ticket().await?;
+    let first = r.key("10.0.0.1", "38739");
+    let second = r.key("10.0.0.2", "38739");
+    r.sim.jira_transition(&first, "Resolved-Remediated")?;
+    r.run("RescanQueueJob", None).await?;
+    let scan: String = eventually("the first scan to launch", T, || async {
+        Ok(
+            sqlx::query_as::<_, (String,)>("SELECT SourceKey FROM ScanSummary WHERE OrgID = ?")
+                .bind(&r.org)
+                .fetch_optional(r.f.pool())
+                .await?
+                .map(|(s,)| s),
+        )
+    })
+    .await?;
+    // The first scan holds the only slot.
+    r.sim
+        .force_qualys_scan_state(&scan, Some((QualysScanState::Running, false)))?;
+    r.sim.jira_transition(&second, "Resolved-Remediated")?;
+    r.run("RescanQueueJob", None).await?;
+    let (id, error): (String, Option<String>) =
+        eventually("the second RescanJob to give up", T, || async {
+            Ok(sqlx::query_as(
+                "SELECT h.ID, h.LastError FROM JobHistory h JOIN Job j ON j.Id = h.JobId
+              WHERE j.Struct = 'RescanJob' AND h.StatusId = 4 LIMIT 1",
+            )
+            .fetch_optional(r.f.pool())
+            .await?)
+        })
+        .await?;
+    let error = error.unwrap_or_default();
+    assert!(error.contains("concurrent scans"), "{id}: {error}");
+    assert!(
+        r.f.logs().contains("retry 2/2"),
+        "retried with backoff up to the bound"
+    );
+    let leased: Vec<(String,)> =
+        sqlx::query_as("SELECT TicketKey FROM RescanLease WHERE OrganizationID = ?")
+            .bind(&r.org)
+            .fetch_all(r.f.pool())
+            .await?;
+    assert_eq!(
+        leased,
+        vec![(first.clone(),)],
+        "the second ticket is released"
+    );
+    let q = &r.sim.state_summary()["qualys"];
+    assert_eq!(
+        q["option_profile_copies"], 1,
+        "only the running scan's profile is left: {q}"
+    );
+    assert_eq!(q["search_lists"].as_array().map(Vec::len), Some(1), "{q}");
+    // Once the slot frees, both tickets get their rescan.
+    r.sim.force_qualys_scan_state(&scan, None)?;
+    r.settle().await?;
+    r.run("RescanQueueJob", None).await?;
+    r.settle().await?;
+    assert_eq!(r.status(&first), "Reopened");
+    assert_eq!(r.status(&second), "Reopened");
     Ok(())
 }
