@@ -37,7 +37,11 @@ pub async fn acquire(
     rescan_type: &str,
     keys: &[String],
 ) -> Result<Vec<String>, ModelError> {
-    for key in keys {
+    // One lock order for every caller, so concurrent queues cannot deadlock.
+    let mut ordered: Vec<&String> = keys.iter().collect();
+    ordered.sort();
+    ordered.dedup();
+    for key in ordered {
         sqlx::query(
             "INSERT IGNORE INTO RescanLease (OrganizationID, TicketKey, JobHistoryID, RescanType, LeasedAt)
              VALUES (?, ?, ?, ?, UTC_TIMESTAMP(3))",

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use aegis_shared::model::source_config::{SourceConfig, Vendor};
 use aegis_shared::source_http::{RequestSpec, SourceClient};
 
-use super::{detections, q, QualysScanner, GROUP_PATH, HLD_PATH};
+use super::{detections, q, QualysScanner, GROUP_PATH};
 use crate::vendors::scanner::{spawn_stream, HostBatch, ScannerError};
 use crate::vendors::scans::{
     scan_field, LaunchReport, LaunchedScan, ScanKind, ScanLauncher, ScanResults, ScanTarget,
@@ -832,7 +832,6 @@ impl ScanLauncher for QualysScans {
                     hosts.extend(batch.hosts);
                 }
             }
-            let _ = HLD_PATH;
             Ok(ScanResults { hosts, dead })
         })
     }
