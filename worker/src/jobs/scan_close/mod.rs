@@ -417,3 +417,86 @@ async fn update_detections(
     tracing::info!("{updated} detection row(s) updated from the scan");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vendors::scanner::ScannedHost;
+
+    fn ticket(port: &str) -> Ticket {
+        let mut t = Ticket {
+            key: "VULN-1".into(),
+            ..Default::default()
+        };
+        for (k, v) in [
+            (field::DEVICE_ID, "1001"),
+            (field::VULNERABILITY_ID, "38739"),
+            (field::SERVICE_PORT, port),
+            (field::IP_ADDRESS, "10.0.0.1"),
+        ] {
+            t.fields.insert(k.into(), v.into());
+        }
+        t
+    }
+
+    fn results() -> ScanResults {
+        ScanResults {
+            hosts: vec![ScannedHost {
+                asset_id: "1001".into(),
+                detections: vec![ScannedDetection {
+                    vuln_id: "38739".into(),
+                    state: DetectionState::Fixed,
+                    port: 8443,
+                    protocol: "tcp".into(),
+                    proof: String::new(),
+                    detected: None,
+                    last_found: None,
+                    last_updated: None,
+                    times_seen: 1,
+                    active_kernel: None,
+                }],
+                ..Default::default()
+            }],
+            dead: HashMap::new(),
+        }
+    }
+
+    fn decide_for(port: &str) -> Result<Decision, String> {
+        let r = results();
+        let by_asset: HashMap<&str, &[ScannedDetection]> = r
+            .hosts
+            .iter()
+            .map(|h| (h.asset_id.as_str(), h.detections.as_slice()))
+            .collect();
+        let ev = evidence(
+            &ticket(port),
+            &r,
+            &by_asset,
+            Tracking::Ip,
+            chrono::Utc::now(),
+        )?;
+        let state = TicketState {
+            status: "Resolved-Remediated".into(),
+            ip: "10.0.0.1".into(),
+        };
+        Ok(decision::decide(RescanType::Normal, &state, &ev, "scan/1"))
+    }
+
+    #[test]
+    fn a_ticket_whose_finding_is_reported_on_another_port_is_left_not_closed() {
+        assert!(matches!(decide_for("443 tcp"), Ok(Decision::Unmatched(_))));
+    }
+
+    #[test]
+    fn a_ticket_whose_service_port_cannot_be_read_is_not_decided() {
+        assert!(decide_for("443/tcp").is_err());
+    }
+
+    #[test]
+    fn the_same_port_and_protocol_match_case_insensitively() {
+        assert!(matches!(
+            decide_for("8443 TCP"),
+            Ok(Decision::CloseRemediated(_))
+        ));
+    }
+}
