@@ -54,7 +54,7 @@ SIM_PASSWORD=aegis aegis source add --org DEMO --source Qualys --address http://
   --username aegis --password-env SIM_PASSWORD --payload "$(suggested qualys)" --delay-ns 20000000 --concurrency 2
 JIRA=$(mysql -N -h 127.0.0.1 -u root aegis_demo -e "SELECT ID FROM SourceConfig WHERE Source='JIRA'")
 QUALYS=$(mysql -N -h 127.0.0.1 -u root aegis_demo -e "SELECT ID FROM SourceConfig WHERE Source='Qualys'")
-aegis jobconfig create-defaults --org DEMO --scanner "$QUALYS" --ticketing "$JIRA" --groups 1 --no-auto-start >/dev/null
+aegis jobconfig create-defaults --org DEMO --scanner "$QUALYS" --ticketing "$JIRA" --groups 1 --no-auto-start --scan-sync-wait 2 >/dev/null
 aegis source list
 aegis jobconfig list --org DEMO
 
@@ -101,3 +101,78 @@ aegis job list --limit 8
 echo
 echo "Log lines of the SQL-queued job, as the FAQ shows them:"
 grep -h "$SQL_JOB" "$DEMO"/worker-*.log | head -5
+
+step "The remediation loop: sync, ticket, a person resolves tickets, the fleet rescans and decides"
+cfg() { mysql -N -h 127.0.0.1 -u root aegis_demo -e "SELECT c.ID FROM JobConfig c JOIN Job j ON j.Id = c.JobId WHERE j.Struct = '$1' ${2:-} ORDER BY c.CreatedDate LIMIT 1"; }
+run() { local id; id=$(aegis job submit --config "$1" ${2:+--payload "$2"} | cut -d' ' -f1); aegis job wait "$id" --timeout 120 >/dev/null && echo "[demo] $3 completed ($id)"; }
+# The installer's queues are continuous (every 60 s); the demo runs each once, on demand.
+mysql -h 127.0.0.1 -u root aegis_demo -e "UPDATE JobConfig SET Continuous = 0 WHERE JobId = (SELECT Id FROM Job WHERE Struct = 'RescanQueueJob')"
+run "$(cfg VulnSyncJob)" "" VulnSyncJob
+run "$(cfg AssetSyncJob)" "" AssetSyncJob
+run "$(cfg TicketingJob)" "" TicketingJob
+C=http://127.0.0.1:18083
+python3 - "$DEMO/tickets.json" <<'PY'
+import json, sys, urllib.request, base64
+auth = {"Authorization": "Basic " + base64.b64encode(b"aegis:aegis").decode()}
+def get(url):
+    return json.load(urllib.request.urlopen(urllib.request.Request(url, headers=auth)))
+fields = {f["name"]: f["id"] for f in get("http://127.0.0.1:18080/rest/api/2/field")}
+state = get("http://127.0.0.1:18083/_sim/state")
+out = []
+for i in state["jira"]["issues"]:
+    issue = get(f"http://127.0.0.1:18080/rest/api/2/issue/{i['key']}")["fields"]
+    port, _, proto = (issue.get(fields["Service Port"]) or "").partition(" ")
+    out.append({"key": i["key"], "status": i["status"], "ip": issue.get(fields["IP Address"]),
+                "qid": issue.get(fields["VulnerabilityID"]), "port": port, "proto": proto})
+json.dump(out, open(sys.argv[1], "w"))
+print(f"[demo] {len(out)} tickets opened, e.g. " + ", ".join(t["key"] for t in out[:5]))
+PY
+# Three hosts: one fixed, one still vulnerable, one gone for good.
+read -r FIXED VULN DEAD DEAD_IP < <(python3 -c "
+import json; t = json.load(open('$DEMO/tickets.json'))
+ips = sorted({x['ip'] for x in t}, key=lambda s: tuple(int(p) for p in s.split('.')))
+first = lambda ip: next(x for x in t if x['ip'] == ip)
+print(first(ips[0])['key'], first(ips[1])['key'], first(ips[2])['key'], ips[2])")
+python3 -c "
+import json; t = {x['key']: x for x in json.load(open('$DEMO/tickets.json'))}[ '$FIXED' ]
+print(json.dumps({'ip': t['ip'], 'qid': int(t['qid']), 'port': int(t['port'] or 0), 'protocol': t['proto'], 'vulnerable': False}))" > "$DEMO/truth.json"
+echo "[demo] the owner of $FIXED fixes it (POST /_sim/truth) and resolves it; $VULN is resolved without a fix"
+curl -sf -XPOST $C/_sim/truth -d @"$DEMO/truth.json" >/dev/null
+for k in "$FIXED" "$VULN"; do curl -sf -XPOST "$C/_sim/jira/issues/$k/transition" -d '{"to":"Resolved-Remediated","as_user":"remediator"}' >/dev/null; done
+echo "[demo] host $DEAD_IP is switched off (POST /_sim/hosts/$DEAD_IP) and $DEAD marked Resolved-Decommissioned"
+curl -sf -XPOST "$C/_sim/hosts/$DEAD_IP" -d '{"alive":false}' >/dev/null
+curl -sf -XPOST "$C/_sim/jira/issues/$DEAD/transition" -d '{"to":"Resolved-Decommissioned","as_user":"remediator"}' >/dev/null
+curl -sf $C/_sim/state > "$DEMO/before.json"
+run "$(cfg RescanQueueJob "AND c.Payload LIKE '%\"NORMAL\"%'")" "" "RescanQueueJob NORMAL"
+run "$(cfg RescanQueueJob "AND c.Payload LIKE '%\"DECOMMISSIONED\"%'")" "" "RescanQueueJob DECOMMISSIONED"
+SYNC=$(aegis job submit --config "$(cfg ScanSyncJob)" | cut -d' ' -f1)
+echo "[demo] ScanSyncJob $SYNC polls the scans every 2 s (continuous)"
+busy() { mysql -N -h 127.0.0.1 -u root aegis_demo -e "SELECT
+  (SELECT COUNT(*) FROM ScanSummary WHERE ScanStatus NOT IN ('finished','canceled','stopped','error')) +
+  (SELECT COUNT(*) FROM JobHistory h JOIN Job j ON j.Id = h.JobId WHERE j.Struct IN ('RescanJob','ScanCloseJob') AND h.StatusId IN (1,2))"; }
+for _ in $(seq 1 120); do [ "$(busy)" = 0 ] && break; sleep 1; done
+aegis job cancel "$SYNC" >/dev/null || true
+aegis job wait "$SYNC" --timeout 30 >/dev/null 2>&1 || true
+mysql -h 127.0.0.1 -u root aegis_demo -e "SELECT SourceKey AS Scan, ScanStatus, JSON_UNQUOTE(JSON_EXTRACT(ScanClosePayload, '$.type')) AS Type,
+  JSON_LENGTH(JSON_EXTRACT(ScanClosePayload, '$.tickets')) AS Tickets FROM ScanSummary ORDER BY CreatedDate"
+mysql -h 127.0.0.1 -u root aegis_demo -e "SELECT j.Struct AS Job, h.StatusId AS Status, COUNT(*) AS N FROM JobHistory h JOIN Job j ON j.Id = h.JobId
+  WHERE j.Struct IN ('RescanQueueJob','RescanJob','ScanSyncJob','ScanCloseJob') GROUP BY j.Struct, h.StatusId"
+echo "Ignore rows for decommissioned devices:"
+mysql -h 127.0.0.1 -u root aegis_demo -e "SELECT DeviceID, TypeId, Active, DueDate FROM \`Ignore\` WHERE TypeId = 2"
+echo
+echo "What happened to each ticket the loop touched:"
+python3 - "$DEMO/tickets.json" "$DEMO/before.json" <<'PY'
+import json, sys, urllib.request
+ips = {t["key"]: t["ip"] for t in json.load(open(sys.argv[1]))}
+before = {i["key"]: i for i in json.load(open(sys.argv[2]))["jira"]["issues"]}
+state = json.load(urllib.request.urlopen("http://127.0.0.1:18083/_sim/state"))
+rows = []
+for i in state["jira"]["issues"]:
+    b = before.get(i["key"])
+    if b and (i["status"] != b["status"] or i["comments"] != b["comments"]):
+        last = (i["comments"][-1] if i["comments"] else "").strip().splitlines()
+        rows.append((i["key"], ips.get(i["key"], ""), b["status"], i["status"], last[0][:70] if last else ""))
+print(f"{'ticket':<10} {'ip':<12} {'before':<24} {'after':<24} last comment")
+for r in rows:
+    print(f"{r[0]:<10} {r[1]:<12} {r[2]:<24} {r[3]:<24} {r[4]}")
+PY

@@ -100,3 +100,62 @@ pub async fn reactivate_device(
     .await?;
     Ok(())
 }
+
+/// Marks a device decommissioned (TypeId 2, DueDate now, active): updates its
+/// existing device-wide row of any type, or inserts one. Returns the row's ID.
+pub async fn decommission_device(
+    pool: &MySqlPool,
+    org_id: &str,
+    source_id: &str,
+    asset_id: &str,
+    by: &str,
+) -> Result<String, ModelError> {
+    let mut tx = pool.begin().await?;
+    let existing: Option<(String,)> = sqlx::query_as(
+        "SELECT ID FROM `Ignore` WHERE OrganizationID = ? AND DeviceID = ? AND VulnerabilityId = '' AND COALESCE(Port, '') = ''
+          ORDER BY DBCreatedDate LIMIT 1 FOR UPDATE",
+    )
+    .bind(org_id)
+    .bind(asset_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let id = match existing {
+        Some((id,)) => {
+            sqlx::query(
+                "UPDATE `Ignore` SET TypeId = ?, DueDate = UTC_TIMESTAMP(3), Approval = '', Active = 1,
+                        SourceID = ?, UpdatedBy = ?, DBUpdatedDate = UTC_TIMESTAMP(3) WHERE ID = ?",
+            )
+            .bind(DECOMMISSIONED)
+            .bind(source_id)
+            .bind(by)
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+            id
+        }
+        None => {
+            let id = uuid::Uuid::now_v7().to_string();
+            sqlx::query(
+                "INSERT INTO `Ignore` (ID, SourceID, OrganizationID, TypeId, VulnerabilityId, DeviceID, DueDate, Approval, Active, CreatedBy, Port)
+                 VALUES (?, ?, ?, ?, '', ?, UTC_TIMESTAMP(3), '', 1, ?, '')",
+            )
+            .bind(&id)
+            .bind(source_id)
+            .bind(org_id)
+            .bind(DECOMMISSIONED)
+            .bind(asset_id)
+            .bind(by)
+            .execute(&mut *tx)
+            .await?;
+            id
+        }
+    };
+    sqlx::query("UPDATE Detection SET IgnoreID = ?, Updated = UTC_TIMESTAMP(3) WHERE OrganizationID = ? AND DeviceID = ?")
+        .bind(&id)
+        .bind(org_id)
+        .bind(asset_id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(id)
+}

@@ -10,6 +10,8 @@ pub mod job;
 pub mod job_config;
 pub mod job_history;
 pub mod organization;
+pub mod rescan_lease;
+pub mod scan_summary;
 pub mod source_config;
 pub mod ticket;
 pub mod vulnerability;

@@ -11,6 +11,10 @@ pub mod asset_sync;
 pub mod bulk_update;
 pub mod diagnostic;
 pub mod exception;
+pub mod rescan;
+pub mod rescan_queue;
+pub mod scan_close;
+pub mod scan_sync;
 pub mod ticket_sync;
 pub mod ticketing;
 pub mod vuln_sync;
@@ -137,6 +141,10 @@ impl Registry {
         r.register(bulk_update::BulkUpdateJob);
         r.register(asset_sync::AssetSyncJob);
         r.register(vuln_sync::VulnSyncJob);
+        r.register(rescan_queue::RescanQueueJob);
+        r.register(rescan::RescanJob);
+        r.register(scan_sync::ScanSyncJob);
+        r.register(scan_close::ScanCloseJob);
         r
     }
 

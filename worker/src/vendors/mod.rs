@@ -8,4 +8,5 @@ pub mod jira;
 pub mod nexpose;
 pub mod qualys;
 pub mod scanner;
+pub mod scans;
 pub mod ticketing;

@@ -11,6 +11,9 @@
 //! LastFound (the asset's latest scan, else the finding's first-found date):
 //! the original left it empty, so Nexpose detections were never ticketed.
 
+#[path = "nexpose_scans.rs"]
+pub mod scans;
+
 use std::collections::HashSet;
 
 use chrono::{DateTime, NaiveDate, Utc};

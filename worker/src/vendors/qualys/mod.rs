@@ -12,6 +12,7 @@
 
 pub mod detections;
 pub mod knowledge_base;
+pub mod scans;
 pub mod xml;
 
 use std::time::Duration;

@@ -1,0 +1,174 @@
+//! Scan summaries (`ScanSummary`): one row per scan a RescanJob launched, with
+//! the ScanClosePayload its ScanCloseJob will get. The status is written by
+//! ScanSyncJob; its move to a terminal status is a compare-and-set, so two
+//! ScanSyncJobs never queue two ScanCloseJobs for one scan.
+
+use chrono::{DateTime, Utc};
+use sqlx::{MySql, MySqlPool, Transaction};
+
+use super::job_history::{self, NewJob};
+use super::{rescan_lease, ModelError};
+
+/// Statuses after which a scan is no longer polled (spec §0.3).
+pub const TERMINAL: [&str; 4] = ["finished", "canceled", "stopped", "error"];
+
+pub fn is_terminal(status: &str) -> bool {
+    TERMINAL.iter().any(|t| t.eq_ignore_ascii_case(status))
+}
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct ScanSummary {
+    #[sqlx(rename = "SourceId")]
+    pub source_id: String,
+    #[sqlx(rename = "OrgID")]
+    pub org_id: String,
+    #[sqlx(rename = "ScannerSourceConfigID")]
+    pub scanner_source_config_id: Option<String>,
+    #[sqlx(rename = "SourceKey")]
+    pub source_key: String,
+    #[sqlx(rename = "ScanStatus")]
+    pub scan_status: Option<String>,
+    #[sqlx(rename = "ParentJobId")]
+    pub parent_job_id: String,
+    #[sqlx(rename = "ScanClosePayload")]
+    pub scan_close_payload: String,
+    #[sqlx(rename = "CreatedDate")]
+    pub created_date: DateTime<Utc>,
+}
+
+const SELECT: &str = "SELECT SourceId, OrgID, ScannerSourceConfigID, SourceKey, ScanStatus, ParentJobId, ScanClosePayload, CreatedDate FROM ScanSummary";
+
+/// A launched scan.
+#[derive(Clone, Debug)]
+pub struct NewScanSummary<'a> {
+    pub source_id: &'a str,
+    pub org_id: &'a str,
+    pub scanner_source_config_id: &'a str,
+    pub source_key: &'a str,
+    pub payload: &'a str,
+    pub parent_job_id: &'a str,
+}
+
+/// Inserts the summary (status `queued`) of a launched scan.
+pub async fn insert(
+    tx: &mut Transaction<'_, MySql>,
+    s: &NewScanSummary<'_>,
+) -> Result<(), ModelError> {
+    sqlx::query(
+        "INSERT INTO ScanSummary (SourceId, OrgID, ScannerSourceConfigID, SourceKey, ScanStatus, ParentJobId, ScanClosePayload, CreatedDate)
+         VALUES (?, ?, ?, ?, 'queued', ?, ?, UTC_TIMESTAMP(3))",
+    )
+    .bind(s.source_id)
+    .bind(s.org_id)
+    .bind(s.scanner_source_config_id)
+    .bind(s.source_key)
+    .bind(s.parent_job_id)
+    .bind(s.payload)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The unfinished scans of one scanner SourceConfig in an organization, oldest first.
+pub async fn unfinished(
+    pool: &MySqlPool,
+    org_id: &str,
+    source_config_id: &str,
+) -> Result<Vec<ScanSummary>, ModelError> {
+    Ok(sqlx::query_as(&format!(
+        "{SELECT} WHERE OrgID = ? AND ScannerSourceConfigID = ?
+           AND COALESCE(ScanStatus, '') NOT IN ('finished', 'canceled', 'stopped', 'error')
+         ORDER BY CreatedDate"
+    ))
+    .bind(org_id)
+    .bind(source_config_id)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// The summary of a scan by its key.
+pub async fn by_key(
+    pool: &MySqlPool,
+    org_id: &str,
+    source_key: &str,
+) -> Result<Option<ScanSummary>, ModelError> {
+    Ok(sqlx::query_as(&format!(
+        "{SELECT} WHERE OrgID = ? AND SourceKey = ? ORDER BY CreatedDate DESC LIMIT 1"
+    ))
+    .bind(org_id)
+    .bind(source_key)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// Writes a non-terminal status.
+pub async fn set_status(pool: &MySqlPool, s: &ScanSummary, status: &str) -> Result<(), ModelError> {
+    sqlx::query(
+        "UPDATE ScanSummary SET ScanStatus = ?, UpdatedDate = UTC_TIMESTAMP(3)
+          WHERE SourceId = ? AND OrgID = ? AND SourceKey = ?
+            AND COALESCE(ScanStatus, '') NOT IN ('finished', 'canceled', 'stopped', 'error')",
+    )
+    .bind(status)
+    .bind(&s.source_id)
+    .bind(&s.org_id)
+    .bind(&s.source_key)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+async fn mark_terminal(
+    tx: &mut Transaction<'_, MySql>,
+    s: &ScanSummary,
+    status: &str,
+) -> Result<bool, ModelError> {
+    let r = sqlx::query(
+        "UPDATE ScanSummary SET ScanStatus = ?, UpdatedDate = UTC_TIMESTAMP(3)
+          WHERE SourceId = ? AND OrgID = ? AND SourceKey = ?
+            AND COALESCE(ScanStatus, '') NOT IN ('finished', 'canceled', 'stopped', 'error')",
+    )
+    .bind(status)
+    .bind(&s.source_id)
+    .bind(&s.org_id)
+    .bind(&s.source_key)
+    .execute(&mut **tx)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Marks the scan `finished` and queues its ScanCloseJob in one transaction,
+/// handing the scan's ticket leases to that job. Returns the new job's ID, or
+/// None when another ScanSyncJob got there first (nothing is written then).
+pub async fn finish_and_queue_close(
+    pool: &MySqlPool,
+    s: &ScanSummary,
+    close: &NewJob,
+) -> Result<Option<String>, ModelError> {
+    let mut tx = pool.begin().await?;
+    if !mark_terminal(&mut tx, s, "finished").await? {
+        tx.rollback().await?;
+        return Ok(None);
+    }
+    let job = job_history::insert(&mut tx, close).await?;
+    rescan_lease::hand_to_close(&mut tx, &s.org_id, &s.source_key, &job.id).await?;
+    tx.commit().await?;
+    Ok(Some(job.id))
+}
+
+/// Ends the scan in a terminal status other than `finished` (its error,
+/// cancellation, or abandonment) and releases its tickets in the same
+/// transaction. Returns false when it was already terminal.
+pub async fn end_and_release(
+    pool: &MySqlPool,
+    s: &ScanSummary,
+    status: &str,
+) -> Result<bool, ModelError> {
+    let mut tx = pool.begin().await?;
+    if !mark_terminal(&mut tx, s, status).await? {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    rescan_lease::release_scan(&mut tx, &s.org_id, &s.source_key).await?;
+    tx.commit().await?;
+    Ok(true)
+}

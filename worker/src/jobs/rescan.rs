@@ -1,0 +1,293 @@
+//! RescanJob: launches the scans of one group's tickets (spec
+//! `original-jobs-rescan.md` §2), and the plumbing the four rescan jobs share
+//! (payloads, the JIRA connection, child-job configs).
+//!
+//! In-source: the scanner config. Out-source: JIRA. Payload (from
+//! RescanQueueJob): `{"group","tickets","type"}`. Each ticket becomes a
+//! [`ScanTarget`] (IP Address, DeviceID, VulnerabilityID up to `;`, GroupID or
+//! the payload's group); the scanner launches one scan per group (a discovery
+//! scan for DECOMMISSIONED), and each scan gets a ScanSummary row whose
+//! ScanClosePayload names its tickets, inserted in the transaction that records
+//! the scan on the tickets' leases. A ticket that cannot be scanned (no IP, an
+//! IP outside every scannable group, a failed launch) is logged and its lease
+//! released, so the next RescanQueueJob may try it again; the rest of the
+//! batch goes ahead. No ticket is changed when a scan starts.
+
+use aegis_shared::model::rescan_lease;
+use aegis_shared::model::scan_summary::{self, NewScanSummary};
+use aegis_shared::model::source_config::SourceConfig;
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::MySqlPool;
+
+use super::scan_close::decision::RescanType;
+use super::{Job, JobContext, JobError};
+use crate::vendors::jira::JiraClient;
+use crate::vendors::scans::{self, ScanKind, ScanTarget};
+use crate::vendors::ticketing::{field, status, Ticket, TicketEngine};
+
+/// Tickets per launch (the original's batch).
+const BATCH: usize = 400;
+
+/// RescanJob's payload (spec §1.8).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RescanPayload {
+    #[serde(default)]
+    pub group: String,
+    #[serde(default)]
+    pub tickets: Vec<String>,
+    #[serde(rename = "type", default = "normal")]
+    pub kind: RescanType,
+}
+
+/// ScanCloseJob's payload, stored in ScanSummary.ScanClosePayload (spec §2.4).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ScanClosePayload {
+    #[serde(default)]
+    pub group: String,
+    #[serde(default)]
+    pub tickets: Option<Vec<String>>,
+    #[serde(rename = "type", default = "normal")]
+    pub kind: RescanType,
+    #[serde(default)]
+    pub scan: Value,
+    #[serde(default)]
+    pub devices: Option<Vec<String>>,
+    #[serde(default)]
+    pub scan_id: String,
+}
+
+fn normal() -> RescanType {
+    RescanType::Normal
+}
+
+impl RescanType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RescanType::Normal => "NORMAL",
+            RescanType::Decommissioned => "DECOMMISSIONED",
+            RescanType::Passive => "PASSIVE",
+            RescanType::Exceptions => "EXCEPTIONS",
+            RescanType::Scheduled => "SCHEDULED",
+        }
+    }
+}
+
+/// The organization's ID and code, or a config error naming the job.
+pub(crate) fn org(ctx: &JobContext, job: &str) -> Result<(String, String), JobError> {
+    ctx.org
+        .as_ref()
+        .map(|o| (o.id.clone(), o.code.clone()))
+        .ok_or_else(|| JobError::Config(format!("{job} needs a JobConfig with an organization")))
+}
+
+pub(crate) async fn connect_jira(
+    ctx: &JobContext,
+    sc: &SourceConfig,
+) -> Result<JiraClient, JobError> {
+    JiraClient::connect(ctx.client(sc)?, sc, ctx.settings.keyring.as_ref())
+        .await
+        .map_err(|e| JobError::Failed(anyhow::anyhow!("could not connect to JIRA: {e}")))
+}
+
+/// Every Aegis status, to read a ticket's project status back as one.
+const AEGIS_STATUSES: [&str; 14] = [
+    status::OPEN,
+    status::IN_PROGRESS,
+    status::REOPENED,
+    status::RESOLVED_REMEDIATED,
+    status::RESOLVED_FALSE_POSITIVE,
+    status::RESOLVED_DECOMMISSIONED,
+    status::RESOLVED_EXCEPTION,
+    status::CLOSED_EXCEPTION,
+    status::CLOSED_FALSE_POSITIVE,
+    status::CLOSED_DECOMMISSION,
+    status::CLOSED_REMEDIATED,
+    status::CLOSED_CERF,
+    status::CLOSED_ERROR,
+    status::SCAN_ERROR,
+];
+
+/// The Aegis status of a project status name (the name itself when unmapped).
+pub(crate) fn aegis_status(engine: &dyn TicketEngine, project_status: &str) -> String {
+    AEGIS_STATUSES
+        .iter()
+        .find(|s| engine.status_name(s).eq_ignore_ascii_case(project_status))
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| project_status.to_string())
+}
+
+/// The org's first active JobConfig of `job` whose sources include `source_config`
+/// (the original's `GetJobConfigByOrgIDAndJobIDWithSC`, with an exact match and an order).
+pub(crate) async fn child_config(
+    pool: &MySqlPool,
+    org_id: &str,
+    job: &str,
+    source_config: &str,
+) -> Result<Option<String>, JobError> {
+    let row: Option<(String,)> = sqlx::query_as(
+        "SELECT jc.ID FROM JobConfig jc JOIN Job j ON j.Id = jc.JobId
+          WHERE jc.OrganizationID = ? AND j.Struct = ? AND jc.Active = 1
+            AND (FIND_IN_SET(?, REPLACE(COALESCE(jc.DataInSourceConfigID, ''), ' ', '')) > 0
+                 OR FIND_IN_SET(?, REPLACE(COALESCE(jc.DataOutSourceConfigID, ''), ' ', '')) > 0)
+          ORDER BY jc.CreatedDate, jc.ID LIMIT 1",
+    )
+    .bind(org_id)
+    .bind(job)
+    .bind(source_config)
+    .bind(source_config)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(id,)| id))
+}
+
+/// Loads tickets one by one; a ticket that cannot be read is logged and left out
+/// (the original failed the whole job when the *last* one failed).
+pub(crate) async fn load_tickets(engine: &dyn TicketEngine, keys: &[String]) -> Vec<Ticket> {
+    let mut out = Vec::with_capacity(keys.len());
+    for key in keys {
+        match engine.get(key).await {
+            Ok(t) => out.push(t),
+            Err(e) => tracing::warn!("could not load ticket {key} from JIRA, skipping it: {e}"),
+        }
+    }
+    out
+}
+
+pub struct RescanJob;
+
+impl Job for RescanJob {
+    fn name(&self) -> &'static str {
+        "RescanJob"
+    }
+
+    fn run(&self, ctx: JobContext) -> BoxFuture<'static, Result<(), JobError>> {
+        Box::pin(async move {
+            let result = run(&ctx).await;
+            // Tickets this run did not put in a scan go back to the pool, whatever happened.
+            if let Some(o) = &ctx.org {
+                match rescan_lease::release_unscanned(&ctx.pool, &o.id, &ctx.history.id).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!("released {n} ticket(s) that were not scanned"),
+                    Err(e) => tracing::warn!("could not release unscanned tickets: {e}"),
+                }
+            }
+            result
+        })
+    }
+}
+
+async fn run(ctx: &JobContext) -> Result<(), JobError> {
+    let p: RescanPayload = ctx.payload()?;
+    if p.tickets.is_empty() {
+        return Err(JobError::BadPayload {
+            job: "RescanJob".into(),
+            reason: "no tickets".into(),
+        });
+    }
+    let (org_id, _) = org(ctx, "RescanJob")?;
+    let (Some(scanner_sc), Some(jira_sc)) = (ctx.sources_in.first(), ctx.sources_out.first())
+    else {
+        return Err(JobError::Config(
+            "RescanJob needs a scanner in-source and a JIRA out-source".into(),
+        ));
+    };
+    let engine = connect_jira(ctx, jira_sc).await?;
+    let launcher =
+        scans::for_source(scanner_sc, ctx.client(scanner_sc)?).map_err(JobError::Config)?;
+    let kind = match p.kind {
+        RescanType::Decommissioned => ScanKind::Discovery,
+        RescanType::Scheduled => {
+            return Err(JobError::BadPayload {
+                job: "RescanJob".into(),
+                reason: "type SCHEDULED comes from ScanSyncJob only".into(),
+            })
+        }
+        _ => ScanKind::Vulnerability,
+    };
+    let tickets = load_tickets(&engine, &p.tickets).await;
+    let mut targets = Vec::new();
+    for t in &tickets {
+        let ip = t.field(field::IP_ADDRESS).trim().to_string();
+        let group = match t.field(field::GROUP_ID).trim() {
+            "" => p.group.clone(),
+            g => g.to_string(),
+        };
+        targets.push(ScanTarget {
+            ticket: t.key.clone(),
+            ip,
+            asset_id: t.field(field::DEVICE_ID).trim().to_string(),
+            vuln_id: t
+                .field(field::VULNERABILITY_ID)
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+            group,
+        });
+    }
+    let source_id = scanner_sc.source_id.clone().unwrap_or_default();
+    let (mut launched, mut failed_batches) = (0usize, Vec::new());
+    for batch in targets.chunks(BATCH) {
+        let report = launcher.launch(kind, batch, &ctx.cancel).await;
+        for (t, why) in &report.skipped {
+            tracing::warn!(
+                "{} - ticket {} ({}) not rescanned: {why}",
+                p.kind.as_str(),
+                t.ticket,
+                if t.ip.is_empty() { "no IP" } else { &t.ip }
+            );
+        }
+        for (ts, why) in &report.failed {
+            let keys: Vec<&str> = ts.iter().map(|t| t.ticket.as_str()).collect();
+            tracing::error!(
+                "scan launch failed for ticket(s) {}: {why}",
+                keys.join(", ")
+            );
+            failed_batches.push(why.clone());
+        }
+        for scan in report.launched {
+            let keys: Vec<String> = scan.targets.iter().map(|t| t.ticket.clone()).collect();
+            let payload = ScanClosePayload {
+                group: p.group.clone(),
+                tickets: Some(keys.clone()),
+                kind: p.kind,
+                scan: scan.scan.clone(),
+                devices: Some(scan.targets.iter().map(|t| t.ip.clone()).collect()),
+                scan_id: scan.scan_id.clone(),
+            };
+            let text = serde_json::to_string(&payload).map_err(|e| JobError::Failed(e.into()))?;
+            let mut tx = ctx.pool.begin().await?;
+            scan_summary::insert(
+                &mut tx,
+                &NewScanSummary {
+                    source_id: &source_id,
+                    org_id: &org_id,
+                    scanner_source_config_id: &scanner_sc.id,
+                    source_key: &scan.scan_id,
+                    payload: &text,
+                    parent_job_id: &ctx.history.id,
+                },
+            )
+            .await?;
+            rescan_lease::set_scan(&mut tx, &org_id, &ctx.history.id, &scan.scan_id, &keys).await?;
+            tx.commit().await?;
+            launched += 1;
+            tracing::info!(
+                "{} scan {} launched for ticket(s) {}",
+                p.kind.as_str(),
+                scan.scan_id,
+                keys.join(", ")
+            );
+        }
+    }
+    if launched == 0 && !failed_batches.is_empty() {
+        return Err(JobError::Failed(anyhow::anyhow!(
+            "no scan launched: {}",
+            failed_batches.join("; ")
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,890 @@
+//! Qualys rescans (spec `original-jobs-rescan.md` §2.5, §3.3, §4.6;
+//! `original-vendor-apis.md` §2.5–§2.8): launching vulnerability rescans with a
+//! temporary static search list and a copy of the template option profile,
+//! discovery scans with a copy of the discovery profile, the scan status, the
+//! results (host detections of the scan's targets and the dead hosts of the
+//! scan summary), cancelling and cleaning up.
+//!
+//! Differences from the original, on purpose:
+//! * an IP whose asset group has no online appliance (and is not external)
+//!   skips its ticket only, with a log, instead of failing the whole batch;
+//! * the concurrent-scan limit is retried with doubling backoff up to a bound
+//!   (`concurrent_scan_retry_seconds`, default 60, × `concurrent_scan_retries`,
+//!   default 6), not forever;
+//! * the option profile and search list of a launch that fails are deleted at
+//!   once, and ScanSyncJob deletes those of scans that fail or are abandoned.
+//!
+//! These responses are small, so they are read whole and picked apart with
+//! [`blocks`] and [`tag`] rather than streamed.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use reqwest::Method;
+use serde_json::{json, Map, Value};
+use tokio_util::sync::CancellationToken;
+
+use aegis_shared::model::source_config::{SourceConfig, Vendor};
+use aegis_shared::source_http::{RequestSpec, SourceClient};
+
+use super::{detections, q, QualysScanner, GROUP_PATH};
+use crate::vendors::scanner::{spawn_stream, HostBatch, ScannerError};
+use crate::vendors::scans::{
+    scan_field, LaunchReport, LaunchedScan, ScanKind, ScanLauncher, ScanResults, ScanTarget,
+};
+
+const APPLIANCE_PATH: &str = "/api/2.0/fo/appliance/";
+const SCAN_PATH: &str = "/api/2.0/fo/scan/";
+const SUMMARY_PATH: &str = "/api/2.0/fo/scan/summary/";
+const PROFILE_PATH: &str = "/api/2.0/fo/subscription/option_profile/";
+const PROFILE_VM_PATH: &str = "/api/2.0/fo/subscription/option_profile/vm/";
+const SEARCH_LIST_PATH: &str = "/api/2.0/fo/qid/search_list/static/";
+
+/// The scan settings of the Qualys SourceConfig payload.
+#[derive(Clone, Debug)]
+struct Settings {
+    option_profile_id: String,
+    discovery_option_profile_id: String,
+    groups: Vec<String>,
+    external_groups: Vec<String>,
+    rescan_name_format: String,
+    option_profile_format: String,
+    search_list_format: String,
+    retry_first: Duration,
+    retries: u32,
+}
+
+fn ids(v: Option<&Value>) -> Vec<String> {
+    match v {
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| match x {
+                Value::String(s) => Some(s.trim().to_string()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            })
+            .filter(|s| !s.is_empty())
+            .collect(),
+        Some(Value::String(s)) => s
+            .split(',')
+            .map(|x| x.trim().to_string())
+            .filter(|x| !x.is_empty())
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn text(p: &Map<String, Value>, key: &str, default: &str) -> String {
+    match p.get(key) {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => default.to_string(),
+    }
+}
+
+/// `format` with its one `%s` replaced (appended when there is none).
+fn fill(format: &str, value: &str) -> String {
+    if format.contains("%s") {
+        format.replacen("%s", value, 1)
+    } else {
+        format!("{format} {value}")
+    }
+}
+
+/// The Qualys [`ScanLauncher`].
+pub struct QualysScans {
+    scanner: QualysScanner,
+    settings: Settings,
+}
+
+impl QualysScanner {
+    /// Sends a Qualys call once (launches, imports and creates are not
+    /// idempotent), with an optional XML body, and fails on a non-200 answer
+    /// or a SIMPLE_RETURN carrying an error CODE.
+    async fn call_text(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(String, String)],
+        body: Option<String>,
+        idempotent: bool,
+    ) -> Result<String, ScannerError> {
+        let mut spec = RequestSpec::new(method, path, path).idempotent(idempotent);
+        for (k, v) in query {
+            spec = spec.query(k.clone(), v.clone());
+        }
+        if let Some(b) = body {
+            spec = spec.body(b);
+        }
+        let response = self.client.send(spec).await?;
+        if response.status().as_u16() != 200 {
+            return Err(super::xml::status_error(response, self.source_config(), path).await);
+        }
+        let body = response.text().await?;
+        if body.contains("<SIMPLE_RETURN") {
+            if let Some(code) = tag(&body, "CODE").filter(|c| c != "0") {
+                return Err(ScannerError::Vendor {
+                    source_config: self.source_config().to_string(),
+                    endpoint: path.to_string(),
+                    vendor: "Qualys",
+                    code,
+                    text: tag(&body, "TEXT").unwrap_or_default(),
+                });
+            }
+        }
+        Ok(body)
+    }
+}
+
+/// The inner text of every `<name>` / `<name …>` element (not nested in itself).
+pub fn blocks<'a>(doc: &'a str, name: &str) -> Vec<&'a str> {
+    let mut out = Vec::new();
+    let close = format!("</{name}>");
+    let mut rest = doc;
+    loop {
+        let Some(start) = find_open(rest, name) else {
+            return out;
+        };
+        let after = &rest[start..];
+        let Some(gt) = after.find('>') else {
+            return out;
+        };
+        if after[..gt].ends_with('/') {
+            out.push("");
+            rest = &after[gt + 1..];
+            continue;
+        }
+        let body = &after[gt + 1..];
+        let Some(end) = body.find(&close) else {
+            return out;
+        };
+        out.push(&body[..end]);
+        rest = &body[end + close.len()..];
+    }
+}
+
+fn find_open(doc: &str, name: &str) -> Option<usize> {
+    let open = format!("<{name}");
+    let mut from = 0;
+    while let Some(i) = doc[from..].find(&open) {
+        let at = from + i;
+        match doc[at + open.len()..].chars().next() {
+            Some('>') | Some(' ') | Some('/') | Some('\n') | Some('\t') => return Some(at),
+            _ => from = at + open.len(),
+        }
+    }
+    None
+}
+
+/// The first `<name>` element's text: CDATA unwrapped, entities decoded, trimmed.
+pub fn tag(doc: &str, name: &str) -> Option<String> {
+    blocks(doc, name).first().map(|t| unescape(t))
+}
+
+fn unescape(t: &str) -> String {
+    let t = t.trim();
+    let t = t
+        .strip_prefix("<![CDATA[")
+        .and_then(|x| x.strip_suffix("]]>"))
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            t.replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&quot;", "\"")
+                .replace("&apos;", "'")
+                .replace("&amp;", "&")
+        });
+    t.trim().to_string()
+}
+
+fn xml_escape(t: &str) -> String {
+    t.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// A SIMPLE_RETURN item's VALUE by KEY (case-insensitive).
+fn item(doc: &str, key: &str) -> Option<String> {
+    blocks(doc, "ITEM").into_iter().find_map(|i| {
+        tag(i, "KEY")
+            .filter(|k| k.eq_ignore_ascii_case(key))
+            .and_then(|_| tag(i, "VALUE"))
+    })
+}
+
+/// Expands `a.b.c.d` and `a.b.c.d-e.f.g.h` items of a comma list.
+pub fn expand_ips(list: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => match (
+                a.trim().parse::<std::net::Ipv4Addr>(),
+                b.trim().parse::<std::net::Ipv4Addr>(),
+            ) {
+                (Ok(a), Ok(b))
+                    if u32::from(b) >= u32::from(a) && u32::from(b) - u32::from(a) <= 65_536 =>
+                {
+                    for ip in u32::from(a)..=u32::from(b) {
+                        out.push(std::net::Ipv4Addr::from(ip).to_string());
+                    }
+                }
+                _ => out.push(part.to_string()),
+            },
+            None => out.push(part.to_string()),
+        }
+    }
+    out
+}
+
+/// An asset group that can be scanned: its appliances that are online, or External.
+#[derive(Clone, Debug)]
+struct Bundle {
+    group: String,
+    appliances: Vec<String>,
+    external: bool,
+    network_id: String,
+    targets: Vec<ScanTarget>,
+}
+
+fn is_concurrency_limit(e: &ScannerError) -> bool {
+    let t = e.to_string();
+    t.contains("concurrent scans") && t.contains("limit has already been reached")
+}
+
+impl QualysScans {
+    pub fn new(sc: &SourceConfig, client: SourceClient) -> Result<Self, String> {
+        let scanner = QualysScanner::new(sc, client)?;
+        let p = sc.payload().map_err(|e| e.to_string())?;
+        let settings = Settings {
+            option_profile_id: text(&p, "optionProfileId", ""),
+            discovery_option_profile_id: text(&p, "discoveryOptionProfileId", ""),
+            groups: ids(p.get("groups")),
+            external_groups: ids(p.get("external_groups")),
+            rescan_name_format: text(&p, "rescan_name_format", "Aegis Rescan %s"),
+            option_profile_format: text(&p, "option_profile_format", "Aegis Option Profile %s"),
+            search_list_format: text(&p, "search_list_format", "Aegis Search List %s"),
+            retry_first: Duration::from_secs(
+                p.get("concurrent_scan_retry_seconds")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(60),
+            ),
+            retries: p
+                .get("concurrent_scan_retries")
+                .and_then(Value::as_u64)
+                .unwrap_or(6) as u32,
+        };
+        Ok(QualysScans { scanner, settings })
+    }
+
+    fn sc(&self) -> &str {
+        self.scanner.source_config()
+    }
+
+    /// Scannable groups among the configured ones: group ID → bundle.
+    async fn bundles(&self) -> Result<BTreeMap<String, Bundle>, ScannerError> {
+        let mut wanted: Vec<String> = self.settings.groups.clone();
+        wanted.extend(self.settings.external_groups.iter().cloned());
+        wanted.sort();
+        wanted.dedup();
+        if wanted.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let doc = self
+            .scanner
+            .call_text(
+                Method::POST,
+                GROUP_PATH,
+                &[
+                    q("action", "list"),
+                    q("show_attributes", "ALL"),
+                    q("ids", wanted.join(",")),
+                ],
+                None,
+                true,
+            )
+            .await?;
+        let mut groups = Vec::new();
+        let mut appliance_ids = BTreeSet::new();
+        for g in blocks(&doc, "ASSET_GROUP") {
+            let id = tag(g, "ID").unwrap_or_default();
+            let apps: Vec<String> = tag(g, "APPLIANCE_IDS")
+                .unwrap_or_default()
+                .split(',')
+                .map(|a| a.trim().to_string())
+                .filter(|a| !a.is_empty())
+                .collect();
+            appliance_ids.extend(apps.iter().cloned());
+            groups.push((id, apps, tag(g, "NETWORK_ID").unwrap_or_default()));
+        }
+        let mut online = BTreeSet::new();
+        if !appliance_ids.is_empty() {
+            let doc = self
+                .scanner
+                .call_text(
+                    Method::POST,
+                    APPLIANCE_PATH,
+                    &[
+                        q("action", "list"),
+                        q(
+                            "ids",
+                            appliance_ids.into_iter().collect::<Vec<_>>().join(","),
+                        ),
+                    ],
+                    None,
+                    true,
+                )
+                .await?;
+            for a in blocks(&doc, "APPLIANCE") {
+                if tag(a, "STATUS").is_some_and(|s| s.eq_ignore_ascii_case("Online")) {
+                    online.extend(tag(a, "ID"));
+                }
+            }
+        }
+        let mut out = BTreeMap::new();
+        for (id, apps, network_id) in groups {
+            let external = self.settings.external_groups.contains(&id);
+            let apps: Vec<String> = apps.into_iter().filter(|a| online.contains(a)).collect();
+            if external || !apps.is_empty() {
+                out.insert(
+                    id.clone(),
+                    Bundle {
+                        group: id,
+                        appliances: apps,
+                        external,
+                        network_id,
+                        targets: Vec::new(),
+                    },
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Exports `template`, renames it, attaches the search list (if any) and
+    /// imports it; returns the new profile's ID.
+    async fn copy_profile(
+        &self,
+        template: &str,
+        search_list: Option<(&str, &str)>,
+    ) -> Result<String, ScannerError> {
+        let doc = self
+            .scanner
+            .call_text(
+                Method::GET,
+                PROFILE_PATH,
+                &[q("action", "export"), q("option_profile_id", template)],
+                None,
+                true,
+            )
+            .await?;
+        let Some(profile) = blocks(&doc, "OPTION_PROFILE")
+            .first()
+            .map(|s| s.to_string())
+        else {
+            return Err(ScannerError::Document {
+                source_config: self.sc().to_string(),
+                endpoint: PROFILE_PATH.into(),
+                reason: format!("option profile {template} was not exported"),
+                excerpt: doc.chars().take(200).collect(),
+            });
+        };
+        let title = fill(
+            &self.settings.option_profile_format,
+            &Utc::now()
+                .timestamp_nanos_opt()
+                .unwrap_or_default()
+                .to_string(),
+        );
+        let mut profile = match (profile.find("<GROUP_NAME>"), profile.find("</GROUP_NAME>")) {
+            (Some(a), Some(b)) if b > a => format!(
+                "{}<GROUP_NAME><![CDATA[{}]]></GROUP_NAME>{}",
+                &profile[..a],
+                title,
+                &profile[b + "</GROUP_NAME>".len()..]
+            ),
+            _ => profile,
+        };
+        if let Some((id, list_title)) = search_list {
+            let custom = format!(
+                "<CUSTOM_LIST><CUSTOM><ID>{id}</ID><TITLE>{}</TITLE></CUSTOM></CUSTOM_LIST>",
+                xml_escape(list_title)
+            );
+            profile = profile.replace("<COMPLETE/>", "");
+            if let Some(i) = profile.find("<VULNERABILITY_DETECTION>") {
+                profile.insert_str(i + "<VULNERABILITY_DETECTION>".len(), &custom);
+            }
+        }
+        let body = format!(
+            "<OPTION_PROFILES><OPTION_PROFILE>{profile}</OPTION_PROFILE></OPTION_PROFILES>"
+        );
+        let answer = self
+            .scanner
+            .call_text(
+                Method::POST,
+                PROFILE_PATH,
+                &[q("action", "import")],
+                Some(body),
+                false,
+            )
+            .await?;
+        // The new profile's ID is the first ITEM's KEY (sic).
+        blocks(&answer, "ITEM")
+            .first()
+            .and_then(|i| tag(i, "KEY"))
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| ScannerError::Document {
+                source_config: self.sc().to_string(),
+                endpoint: PROFILE_PATH.into(),
+                reason: "the import answer names no option profile".into(),
+                excerpt: answer.chars().take(200).collect(),
+            })
+    }
+
+    async fn create_search_list(&self, qids: &[String]) -> Result<(String, String), ScannerError> {
+        let title = fill(
+            &self.settings.search_list_format,
+            &Utc::now()
+                .timestamp_nanos_opt()
+                .unwrap_or_default()
+                .to_string(),
+        );
+        let answer = self
+            .scanner
+            .call_text(
+                Method::POST,
+                SEARCH_LIST_PATH,
+                &[
+                    q("action", "create"),
+                    q("title", title.clone()),
+                    q("qids", qids.join(",")),
+                ],
+                None,
+                false,
+            )
+            .await?;
+        let id = item(&answer, "ID").ok_or_else(|| ScannerError::Document {
+            source_config: self.sc().to_string(),
+            endpoint: SEARCH_LIST_PATH.into(),
+            reason: "the answer names no search list ID".into(),
+            excerpt: answer.chars().take(200).collect(),
+        })?;
+        Ok((id, title))
+    }
+
+    async fn delete_profile(&self, id: &str) -> Result<(), ScannerError> {
+        self.scanner
+            .call_text(
+                Method::POST,
+                PROFILE_VM_PATH,
+                &[q("action", "delete"), q("id", id)],
+                None,
+                true,
+            )
+            .await
+            .map(drop)
+    }
+
+    async fn delete_search_list(&self, id: &str) -> Result<(), ScannerError> {
+        self.scanner
+            .call_text(
+                Method::POST,
+                SEARCH_LIST_PATH,
+                &[q("action", "delete"), q("id", id)],
+                None,
+                true,
+            )
+            .await
+            .map(drop)
+    }
+
+    /// Deletes a template `<profile>[:<search list>]` unless it is a configured one.
+    async fn delete_template(&self, template: &str) -> Result<(), ScannerError> {
+        let (profile, list) = match template.split_once(':') {
+            Some((p, l)) => (p, Some(l)),
+            None => (template, None),
+        };
+        let configured = [
+            self.settings.option_profile_id.as_str(),
+            self.settings.discovery_option_profile_id.as_str(),
+        ];
+        let mut first_error = None;
+        if !profile.is_empty() && !configured.contains(&profile) {
+            if let Err(e) = self.delete_profile(profile).await {
+                if !e.to_string().contains("does not exist") {
+                    first_error = Some(e);
+                }
+            }
+        }
+        if let Some(list) = list.filter(|l| !l.is_empty()) {
+            if let Err(e) = self.delete_search_list(list).await {
+                if !e.to_string().contains("does not exist") && first_error.is_none() {
+                    first_error = Some(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Launches one bundle's scan, retrying while the concurrent-scan limit is reached.
+    async fn launch_bundle(
+        &self,
+        kind: ScanKind,
+        b: &Bundle,
+        cancel: &CancellationToken,
+    ) -> Result<LaunchedScan, String> {
+        let (template, list) = match kind {
+            ScanKind::Vulnerability => {
+                if self.settings.option_profile_id.is_empty() {
+                    return Err("the Qualys SourceConfig payload has no optionProfileId".into());
+                }
+                let mut qids: Vec<String> = b.targets.iter().map(|t| t.vuln_id.clone()).collect();
+                qids.sort();
+                qids.dedup();
+                let list = self
+                    .create_search_list(&qids)
+                    .await
+                    .map_err(|e| format!("creating the search list: {e}"))?;
+                (self.settings.option_profile_id.clone(), Some(list))
+            }
+            ScanKind::Discovery => {
+                if self.settings.discovery_option_profile_id.is_empty() {
+                    return Err(
+                        "the Qualys SourceConfig payload has no discoveryOptionProfileId".into(),
+                    );
+                }
+                (self.settings.discovery_option_profile_id.clone(), None)
+            }
+        };
+        let profile = match self
+            .copy_profile(
+                &template,
+                list.as_ref().map(|(i, t)| (i.as_str(), t.as_str())),
+            )
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                if let Some((id, _)) = &list {
+                    let _ = self.delete_search_list(id).await;
+                }
+                return Err(format!("copying option profile {template}: {e}"));
+            }
+        };
+        let template_id = match &list {
+            Some((id, _)) => format!("{profile}:{id}"),
+            None => profile.clone(),
+        };
+        let mut ips: Vec<String> = b.targets.iter().map(|t| t.ip.clone()).collect();
+        ips.sort();
+        ips.dedup();
+        let name = fill(&self.settings.rescan_name_format, &Utc::now().to_rfc3339());
+        let mut query = vec![
+            q("action", "launch"),
+            q("scan_title", name.clone()),
+            q("option_id", profile.clone()),
+            q("ip", ips.join(",")),
+        ];
+        if b.external {
+            query.push(q("iscanner_name", "External"));
+        } else {
+            query.push(q("iscanner_id", b.appliances.join(",")));
+        }
+        if b.network_id.parse::<i64>().unwrap_or(0) > 0 {
+            query.push(q("ip_network_id", b.network_id.clone()));
+        }
+        let mut wait = self.settings.retry_first;
+        let mut attempt = 0;
+        let mut requested;
+        let answer = loop {
+            requested = Utc::now();
+            match self
+                .scanner
+                .call_text(Method::POST, SCAN_PATH, &query, None, false)
+                .await
+            {
+                Ok(a) => break Ok(a),
+                Err(e) if is_concurrency_limit(&e) && attempt < self.settings.retries => {
+                    attempt += 1;
+                    tracing::info!(
+                        "Qualys concurrent scan limit reached for group {}; retry {attempt}/{} in {}s",
+                        b.group,
+                        self.settings.retries,
+                        wait.as_secs()
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = cancel.cancelled() => break Err("cancelled while waiting for a scan slot".to_string()),
+                    }
+                    wait = (wait * 2).min(Duration::from_secs(1800));
+                }
+                Err(e) => break Err(format!("launching the scan: {e}")),
+            }
+        };
+        let reference = answer.and_then(|a| {
+            item(&a, "REFERENCE")
+                .filter(|r| r.contains("scan"))
+                .ok_or_else(|| {
+                    format!(
+                        "the launch answer names no scan reference: {}",
+                        a.chars().take(200).collect::<String>()
+                    )
+                })
+        });
+        let reference = match reference {
+            Ok(r) => r,
+            Err(e) => {
+                if let Err(c) = self.delete_template(&template_id).await {
+                    tracing::warn!(
+                        "could not delete option profile/search list {template_id}: {c}"
+                    );
+                }
+                return Err(e);
+            }
+        };
+        let scan = json!({
+            "name": name,
+            "scanId": reference,
+            "templateId": template_id,
+            "groupId": b.group,
+            "engineId": b.appliances,
+            // When the launch was requested: nothing this scan found can be older.
+            "created": requested.to_rfc3339(),
+            "scheduled": false,
+        });
+        Ok(LaunchedScan {
+            scan_id: reference,
+            scan,
+            targets: b.targets.clone(),
+        })
+    }
+
+    async fn scan_row(&self, reference: &str) -> Result<String, ScannerError> {
+        let doc = self
+            .scanner
+            .call_text(
+                Method::POST,
+                SCAN_PATH,
+                &[q("action", "list"), q("scan_ref", reference)],
+                None,
+                true,
+            )
+            .await?;
+        let scans = blocks(&doc, "SCAN");
+        match scans.as_slice() {
+            [one] => Ok(one.to_string()),
+            other => Err(ScannerError::Document {
+                source_config: self.sc().to_string(),
+                endpoint: SCAN_PATH.into(),
+                reason: format!("{} scans listed for {reference}, expected one", other.len()),
+                excerpt: doc.chars().take(200).collect(),
+            }),
+        }
+    }
+}
+
+/// Normalises a Qualys scan's STATE and PROCESSED flag.
+pub fn normalise(state: &str, processed: bool) -> String {
+    let s = state.trim().to_ascii_lowercase();
+    match s.as_str() {
+        "finished" if !processed => "processing".into(),
+        "running" | "loading" => "processing".into(),
+        "submitted" => "queued".into(),
+        "cancelled" => "canceled".into(),
+        _ => s,
+    }
+}
+
+impl ScanLauncher for QualysScans {
+    fn vendor(&self) -> Vendor {
+        Vendor::Qualys
+    }
+
+    fn launch<'a>(
+        &'a self,
+        kind: ScanKind,
+        targets: &'a [ScanTarget],
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, LaunchReport> {
+        Box::pin(async move {
+            let mut report = LaunchReport::default();
+            let mut bundles = match self.bundles().await {
+                Ok(b) => b,
+                Err(e) => {
+                    report.failed.push((
+                        targets.to_vec(),
+                        format!("listing asset groups and appliances: {e}"),
+                    ));
+                    return report;
+                }
+            };
+            for t in targets {
+                if t.ip.trim().is_empty() || t.ip.parse::<std::net::Ipv4Addr>().is_err() {
+                    report.skipped.push((
+                        t.clone(),
+                        format!("IP Address {:?} is not one IPv4 address", t.ip),
+                    ));
+                } else if kind == ScanKind::Vulnerability && t.vuln_id.parse::<u64>().is_err() {
+                    report.skipped.push((
+                        t.clone(),
+                        format!("VulnerabilityID {:?} is not a QID", t.vuln_id),
+                    ));
+                } else if let Some(b) = bundles.get_mut(&t.group) {
+                    b.targets.push(t.clone());
+                } else {
+                    report.skipped.push((
+                        t.clone(),
+                        format!(
+                            "asset group {:?} is not in the Qualys SourceConfig payload (groups, external_groups) or has no online scanner appliance",
+                            t.group
+                        ),
+                    ));
+                }
+            }
+            for b in bundles.values().filter(|b| !b.targets.is_empty()) {
+                match self.launch_bundle(kind, b, cancel).await {
+                    Ok(s) => report.launched.push(s),
+                    Err(e) => report.failed.push((b.targets.clone(), e)),
+                }
+            }
+            report
+        })
+    }
+
+    fn status<'a>(&'a self, scan: &'a Value) -> BoxFuture<'a, Result<String, ScannerError>> {
+        Box::pin(async move {
+            let row = self.scan_row(scan_field(scan, "scanId")).await?;
+            let state = blocks(&row, "STATUS")
+                .first()
+                .and_then(|s| tag(s, "STATE"))
+                .unwrap_or_default();
+            let processed = tag(&row, "PROCESSED").is_some_and(|p| p == "1");
+            Ok(normalise(&state, processed))
+        })
+    }
+
+    fn results<'a>(&'a self, scan: &'a Value) -> BoxFuture<'a, Result<ScanResults, ScannerError>> {
+        Box::pin(async move {
+            let reference = scan_field(scan, "scanId");
+            let row = self.scan_row(reference).await?;
+            let target = tag(&row, "TARGET").unwrap_or_default().replace(' ', "");
+            let launched = tag(&row, "LAUNCH_DATETIME")
+                .and_then(|t| super::xml::time(&t))
+                .unwrap_or_else(Utc::now);
+            // Dead hosts of this scan (the scan summary of its launch day).
+            let doc = self
+                .scanner
+                .call_text(
+                    Method::GET,
+                    SUMMARY_PATH,
+                    &[
+                        q("action", "list"),
+                        q("scan_date_since", launched.format("%Y-%m-%d").to_string()),
+                        q("include_dead", "1"),
+                        q("include_excluded", "0"),
+                        q("include_unresolved", "0"),
+                        q("include_cancelled", "0"),
+                        q("include_notvuln", "0"),
+                        q("include_blocked", "0"),
+                        q("include_duplicate", "0"),
+                        q("include_aborted", "0"),
+                    ],
+                    None,
+                    true,
+                )
+                .await?;
+            let mut dead = HashMap::new();
+            for s in blocks(&doc, "SCAN_SUMMARY") {
+                if tag(s, "SCAN_REF").as_deref() != Some(reference) {
+                    continue;
+                }
+                let proof = format!("<SCAN_SUMMARY>{}</SCAN_SUMMARY>", s.trim());
+                for h in blocks(s, "HOST_SUMMARY") {
+                    for ip in expand_ips(&unescape(h)) {
+                        dead.insert(ip, proof.clone());
+                    }
+                }
+            }
+            // Every detection of the scan's targets in its asset group.
+            let mut hosts = Vec::new();
+            if !target.is_empty() {
+                let mut query = vec![
+                    q("action", "list"),
+                    q("truncation_limit", "0"),
+                    q("show_reopened_info", "1"),
+                    q("status", "New,Active,Re-Opened,Fixed"),
+                    q("arf_kernel_filter", self.scanner.kernel_filter.to_string()),
+                    q("ips", target),
+                ];
+                let group = scan_field(scan, "groupId");
+                if !group.is_empty() {
+                    query.push(q("ag_ids", group));
+                }
+                let scanner = self.scanner.clone();
+                let mut stream =
+                    spawn_stream(
+                        move |tx| async move { detections::run(&scanner, query, tx).await },
+                    );
+                while let Some(batch) = stream.next().await {
+                    let batch: HostBatch = batch?;
+                    hosts.extend(batch.hosts);
+                }
+            }
+            Ok(ScanResults { hosts, dead })
+        })
+    }
+
+    fn cancel<'a>(&'a self, scan: &'a Value) -> BoxFuture<'a, Result<(), ScannerError>> {
+        Box::pin(async move {
+            self.scanner
+                .call_text(
+                    Method::POST,
+                    SCAN_PATH,
+                    &[
+                        q("action", "cancel"),
+                        q("scan_ref", scan_field(scan, "scanId")),
+                    ],
+                    None,
+                    true,
+                )
+                .await
+                .map(drop)
+        })
+    }
+
+    fn clean_up<'a>(&'a self, scan: &'a Value) -> BoxFuture<'a, Result<(), ScannerError>> {
+        Box::pin(async move { self.delete_template(scan_field(scan, "templateId")).await })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_in_dead_host_lists_expand_to_single_addresses() {
+        assert_eq!(
+            expand_ips("10.0.0.1, 10.0.0.5-10.0.0.7"),
+            vec!["10.0.0.1", "10.0.0.5", "10.0.0.6", "10.0.0.7"]
+        );
+    }
+
+    #[test]
+    fn finished_but_unprocessed_scans_are_still_processing() {
+        assert_eq!(normalise("Finished", false), "processing");
+        assert_eq!(normalise("Finished", true), "finished");
+        assert_eq!(normalise("Canceled", false), "canceled");
+        assert_eq!(normalise("Error", false), "error");
+        assert_eq!(normalise("Queued", false), "queued");
+    }
+
+    #[test]
+    fn blocks_and_tags_read_cdata_and_attributes() {
+        let doc = "<A><HOST_SUMMARY category=\"dead\">10.0.0.1</HOST_SUMMARY><TITLE><![CDATA[x & y]]></TITLE><E/></A>";
+        assert_eq!(blocks(doc, "HOST_SUMMARY"), vec!["10.0.0.1"]);
+        assert_eq!(tag(doc, "TITLE").as_deref(), Some("x & y"));
+        assert_eq!(blocks(doc, "E"), vec![""]);
+    }
+}
