@@ -12,6 +12,8 @@ DEMO=$ROOT/.demo
 mkdir -p "$DEMO"
 
 scripts/services.sh --install
+# rustup installs cargo under ~/.cargo/bin when the machine had none.
+command -v cargo >/dev/null 2>&1 || export PATH="$HOME/.cargo/bin:$PATH"
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 echo "[demo] building (the first build takes a few minutes)" >&2
 cargo build --workspace --bins --quiet

@@ -3,7 +3,9 @@
 # MariaDB, RabbitMQ and Redis on loopback (started here if they are not running).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/services.sh
+scripts/services.sh --install
+# rustup installs cargo under ~/.cargo/bin when the machine had none.
+command -v cargo >/dev/null 2>&1 || export PATH="$HOME/.cargo/bin:$PATH"
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
