@@ -4,6 +4,9 @@
 # Idempotent; safe to run on a machine where everything already runs.
 set -euo pipefail
 
+# Server binaries (mariadbd, rabbitmqctl, redis-server) live in sbin.
+export PATH="$PATH:/usr/sbin:/usr/local/sbin:/sbin"
+
 INSTALL=0
 [ "${1:-}" = "--install" ] && INSTALL=1
 
