@@ -6,7 +6,6 @@
 //! end-to-end test can swap in a real AssetSync run later.
 
 use aegis_shared::model::job_config::{self, NewJobConfig};
-use aegis_shared::model::organization::{self, NewOrganization, OrgPayload};
 use aegis_shared::model::source_config::{self, NewSourceConfig, Vendor};
 use aegis_shared::secrets::Secret;
 use serde_json::{Map, Value};
@@ -81,18 +80,7 @@ impl Estate {
         jira_limits: (u64, u32, u32),
     ) -> anyhow::Result<Estate> {
         let mut tx = pool.begin().await?;
-        let org = organization::create(
-            &mut tx,
-            &NewOrganization {
-                code: code.into(),
-                description: "ticketing test".into(),
-                payload: OrgPayload::default(),
-                time_zone_offset: 0.0,
-                parent_code: None,
-                created_by: "test".into(),
-            },
-        )
-        .await?;
+        let org = crate::setup::organization(&mut tx, code).await?;
         let payload: Map<String, Value> = jira["payload"].as_object().cloned().unwrap_or_default();
         let new = |vendor: Vendor,
                    address: &str,

@@ -6,7 +6,6 @@ use std::process::Output;
 use std::time::Duration;
 
 use aegis_shared::model::job_config::{self, DefaultsOptions};
-use aegis_shared::model::organization::{self, NewOrganization, OrgPayload};
 use aegis_shared::model::source_config::{self, NewSourceConfig, Vendor};
 use aegis_shared::secrets::{Keyring, Secret};
 use aegis_tests::{binary, server_url, TestDb};
@@ -90,18 +89,7 @@ async fn demo_org(
     keyring: Option<&Keyring>,
 ) -> anyhow::Result<(String, String, String)> {
     let mut tx = pool.begin().await?;
-    let org = organization::create(
-        &mut tx,
-        &NewOrganization {
-            code: "NORTON".into(),
-            description: "FAQ test".into(),
-            payload: OrgPayload::default(),
-            time_zone_offset: 0.0,
-            parent_code: None,
-            created_by: "test".into(),
-        },
-    )
-    .await?;
+    let org = aegis_tests::setup::organization(&mut tx, "NORTON").await?;
     let add = |vendor: Vendor, payload: &str| NewSourceConfig {
         org_code: "NORTON".into(),
         vendor,

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use aegis_shared::model::organization::{self, NewOrganization, OrgPayload};
+use aegis_shared::model::organization;
 use aegis_shared::model::source_config::{self, NewSourceConfig, Vendor};
 use aegis_shared::secrets::{Keyring, Secret};
 use aegis_sim::{SimConfig, Simulator};
@@ -20,36 +20,16 @@ async fn jira_source(
 ) -> anyhow::Result<String> {
     let mut tx = f.pool().begin().await?;
     if organization::by_code(f.pool(), "PROBE").await.is_err() {
-        organization::create(
-            &mut tx,
-            &NewOrganization {
-                code: "PROBE".into(),
-                description: "probe".into(),
-                payload: OrgPayload::default(),
-                time_zone_offset: 0.0,
-                parent_code: None,
-                created_by: "test".into(),
-            },
-        )
-        .await?;
+        aegis_tests::setup::organization(&mut tx, "PROBE").await?;
     }
     let (sc, _) = source_config::create(
         &mut tx,
         &NewSourceConfig {
-            org_code: "PROBE".into(),
-            vendor: Vendor::Jira,
-            address: address.into(),
-            port: None,
-            username: "aegis".into(),
             password: Secret::new(password),
-            token: Secret::default(),
             delay_ns,
             concurrency: 2,
-            retries: 0,
-            verify_tls: true,
-            limit_key: None,
             payload: serde_json::from_str(r#"{"project":"VULN"}"#)?,
-            created_by: "test".into(),
+            ..aegis_tests::setup::source("PROBE", Vendor::Jira, address)
         },
         Some(keyring),
     )

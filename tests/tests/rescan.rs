@@ -11,7 +11,6 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use aegis_shared::model::job_config::{self, NewJobConfig};
-use aegis_shared::model::organization::{self, NewOrganization, OrgPayload};
 use aegis_shared::model::source_config::{self, NewSourceConfig, Vendor};
 use aegis_shared::secrets::Secret;
 use aegis_sim::{
@@ -87,18 +86,7 @@ async fn rig_full(workers: usize, scanner: Vendor, scan_limit: usize) -> anyhow:
     let suggested = sim.source_configs();
     let mut tx = f.pool().begin().await?;
     let code = "RESCAN";
-    let org = organization::create(
-        &mut tx,
-        &NewOrganization {
-            code: code.into(),
-            description: "rescan test".into(),
-            payload: OrgPayload::default(),
-            time_zone_offset: 0.0,
-            parent_code: None,
-            created_by: "test".into(),
-        },
-    )
-    .await?;
+    let org = aegis_tests::setup::organization(&mut tx, code).await?;
     let sc = |vendor: Vendor, address: String, payload: serde_json::Map<String, Value>| {
         NewSourceConfig {
             org_code: code.into(),

@@ -7,9 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use aegis_shared::model::job_config::{self, NewJobConfig};
-use aegis_shared::model::organization::{self, NewOrganization, OrgPayload};
 use aegis_shared::model::source_config::{self, NewSourceConfig, Vendor};
-use aegis_shared::secrets::Secret;
 use aegis_sim::{
     EstateSpec, FaultAction, FaultSpec, Proto, ScanTiming, SimConfig, Simulator, WorldFixture,
 };
@@ -81,35 +79,12 @@ async fn org(
     groups: &[&str],
 ) -> anyhow::Result<Org> {
     let mut tx = f.pool().begin().await?;
-    let org = organization::create(
-        &mut tx,
-        &NewOrganization {
-            code: code.into(),
-            description: "scanner sync test".into(),
-            payload: OrgPayload::default(),
-            time_zone_offset: 0.0,
-            parent_code: None,
-            created_by: "test".into(),
-        },
-    )
-    .await?;
+    let org = aegis_tests::setup::organization(&mut tx, code).await?;
     let (sc, _) = source_config::create(
         &mut tx,
         &NewSourceConfig {
-            org_code: code.into(),
-            vendor,
-            address: address.into(),
-            port: None,
-            username: "aegis".into(),
-            password: Secret::new("aegis"),
-            token: Secret::default(),
-            delay_ns: 0,
             concurrency: 2,
-            retries: 0,
-            verify_tls: true,
-            limit_key: None,
-            payload: serde_json::Map::new(),
-            created_by: "test".into(),
+            ..aegis_tests::setup::source(code, vendor, address)
         },
         None,
     )

@@ -6,9 +6,7 @@
 
 use std::time::Duration;
 
-use aegis_shared::model::organization::{self, NewOrganization, OrgPayload};
 use aegis_shared::model::source_config::{self, NewSourceConfig, Vendor};
-use aegis_shared::secrets::Secret;
 use aegis_sim::{SimConfig, Simulator};
 use aegis_tests::eventually;
 use aegis_tests::fleet::Fleet;
@@ -25,35 +23,14 @@ async fn one_trace_covers_dispatch_job_vendor_calls_and_limiter_waits() -> anyho
     // An organization, a JIRA source config on the simulator, and a DiagnosticJob
     // config whose payload probes it twice (two vendor calls, two limiter waits).
     let mut tx = f.pool().begin().await?;
-    organization::create(
-        &mut tx,
-        &NewOrganization {
-            code: "NORTON".into(),
-            description: "traced".into(),
-            payload: OrgPayload::default(),
-            time_zone_offset: 0.0,
-            parent_code: None,
-            created_by: "test".into(),
-        },
-    )
-    .await?;
+    aegis_tests::setup::organization(&mut tx, "NORTON").await?;
     let (jira, _) = source_config::create(
         &mut tx,
         &NewSourceConfig {
-            org_code: "NORTON".into(),
-            vendor: Vendor::Jira,
-            address: sim.jira_url(),
-            port: None,
-            username: "aegis".into(),
-            password: Secret::new("aegis"),
-            token: Secret::default(),
             delay_ns: 10_000_000,
             concurrency: 1,
-            retries: 0,
-            verify_tls: true,
-            limit_key: None,
             payload: serde_json::from_str(r#"{"project":"VULN"}"#)?,
-            created_by: "test".into(),
+            ..aegis_tests::setup::source("NORTON", Vendor::Jira, &sim.jira_url())
         },
         None,
     )

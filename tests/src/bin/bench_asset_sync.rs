@@ -13,9 +13,7 @@
 use std::time::{Duration, Instant};
 
 use aegis_shared::model::job_config::{self, NewJobConfig};
-use aegis_shared::model::organization::{self, NewOrganization, OrgPayload};
 use aegis_shared::model::source_config::{self, NewSourceConfig, Vendor};
-use aegis_shared::secrets::Secret;
 use aegis_sim::{EstateSpec, SimConfig, Simulator};
 use aegis_tests::fleet::Fleet;
 use serde_json::json;
@@ -52,35 +50,14 @@ async fn setup(
     groups: Vec<String>,
 ) -> anyhow::Result<(String, String, String)> {
     let mut tx = f.pool().begin().await?;
-    let org = organization::create(
-        &mut tx,
-        &NewOrganization {
-            code: code.into(),
-            description: "bench".into(),
-            payload: OrgPayload::default(),
-            time_zone_offset: 0.0,
-            parent_code: None,
-            created_by: "bench".into(),
-        },
-    )
-    .await?;
+    let org = aegis_tests::setup::organization(&mut tx, code).await?;
     let (sc, _) = source_config::create(
         &mut tx,
         &NewSourceConfig {
-            org_code: code.into(),
-            vendor,
-            address: address.into(),
-            port: None,
-            username: "aegis".into(),
-            password: Secret::new("aegis"),
-            token: Secret::default(),
-            delay_ns: 0,
             concurrency: 8,
             retries: 2,
-            verify_tls: true,
-            limit_key: None,
-            payload: serde_json::Map::new(),
             created_by: "bench".into(),
+            ..aegis_tests::setup::source(code, vendor, address)
         },
         None,
     )

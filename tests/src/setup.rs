@@ -1,0 +1,47 @@
+//! The organization and source-config rows most tests start from, so each test
+//! states only what differs (`NewSourceConfig { delay_ns: …, ..source(..) }`).
+
+use aegis_shared::model::organization::{self, NewOrganization, OrgPayload, Organization};
+use aegis_shared::model::source_config::{NewSourceConfig, Vendor};
+use aegis_shared::secrets::Secret;
+use sqlx::{MySql, Transaction};
+
+/// An organization with the installer's default ticketing policy.
+pub async fn organization(
+    tx: &mut Transaction<'_, MySql>,
+    code: &str,
+) -> anyhow::Result<Organization> {
+    Ok(organization::create(
+        tx,
+        &NewOrganization {
+            code: code.into(),
+            description: format!("{code} (test)"),
+            payload: OrgPayload::default(),
+            time_zone_offset: 0.0,
+            parent_code: None,
+            created_by: "test".into(),
+        },
+    )
+    .await?)
+}
+
+/// A source config for a simulator (credentials `aegis`/`aegis`), no spacing,
+/// 4 requests in flight, no retries, an empty vendor payload.
+pub fn source(org_code: &str, vendor: Vendor, address: &str) -> NewSourceConfig {
+    NewSourceConfig {
+        org_code: org_code.into(),
+        vendor,
+        address: address.into(),
+        port: None,
+        username: "aegis".into(),
+        password: Secret::new("aegis"),
+        token: Secret::default(),
+        delay_ns: 0,
+        concurrency: 4,
+        retries: 0,
+        verify_tls: true,
+        limit_key: None,
+        payload: serde_json::Map::new(),
+        created_by: "test".into(),
+    }
+}
