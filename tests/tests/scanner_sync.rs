@@ -699,3 +699,134 @@ async fn nexpose_sync_stores_vulnerabilities_and_detections_with_a_last_found() 
     sim.shutdown().await;
     Ok(())
 }
+
+/// The `detection_updated_since` of each host list detection request since the log was cleared.
+fn hld_windows(sim: &Simulator) -> Vec<Option<String>> {
+    sim.request_log()
+        .into_iter()
+        .filter(|e| e.path == HLD)
+        .map(|e| {
+            e.query.unwrap_or_default().split('&').find_map(|kv| {
+                kv.strip_prefix("detection_updated_since=")
+                    .map(str::to_string)
+            })
+        })
+        .collect()
+}
+
+async fn ignore_of(f: &Fleet, org: &str, asset: &str, qid: &str) -> anyhow::Result<Option<String>> {
+    let (i,): (Option<String>,) = sqlx::query_as(
+        "SELECT d.IgnoreID FROM Detection d JOIN VulnerabilityInfo v ON v.ID = d.VulnerabilityID
+          WHERE d.OrganizationID = ? AND d.DeviceID = ? AND v.SourceVulnId = ?",
+    )
+    .bind(org)
+    .bind(asset)
+    .bind(qid)
+    .fetch_one(f.pool())
+    .await?;
+    Ok(i)
+}
+
+#[tokio::test]
+async fn qualys_resync_asks_for_changes_only_and_still_applies_ignore_changes() -> anyhow::Result<()>
+{
+    let sim = sim_with(Some(fixture()), EstateSpec::default()).await?;
+    let f = fleet().await?;
+    let o = org(&f, "QINCR", Vendor::Qualys, &sim.qualys_url(), &["42"]).await?;
+    run_ok(&f, &o.vuln_sync, None).await?;
+    sim.clear_request_log();
+    run_ok(&f, &o.asset_sync, None).await?;
+    assert_eq!(hld_windows(&sim), [None], "the first sync pulls everything");
+    let (last, full): (Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT CAST(LastSyncStart AS CHAR), CAST(LastFullSyncStart AS CHAR) FROM AssetGroup WHERE OrganizationID = ? AND GroupID = '42'",
+    )
+    .bind(&o.id)
+    .fetch_one(f.pool())
+    .await?;
+    assert!(last.is_some() && last == full, "{last:?} {full:?}");
+    let before = detections(&f, &o.id).await?;
+
+    // Nothing changed: the re-sync asks for the changes since the last start and writes nothing.
+    sim.clear_request_log();
+    run_ok(&f, &o.asset_sync, None).await?;
+    let windows = hld_windows(&sim);
+    assert_eq!(windows.len(), 1);
+    assert!(windows[0].is_some(), "an incremental request: {windows:?}");
+    assert_eq!(detections(&f, &o.id).await?, before, "nothing written");
+
+    // Ignore rows added by SQL after the last sync attach to detections the scanner does not resend.
+    let exception = add_ignore(
+        &f,
+        &o,
+        0,
+        "1001",
+        "38740",
+        "22 tcp",
+        "2099-01-01",
+        None,
+        None,
+    )
+    .await?;
+    let global = add_ignore(&f, &o, 0, "", "", "", "2099-01-01", None, Some("^db1")).await?;
+    run_ok(&f, &o.asset_sync, None).await?;
+    assert_eq!(
+        ignore_of(&f, &o.id, "1001", "38740").await?,
+        Some(exception.clone())
+    );
+    assert_eq!(
+        ignore_of(&f, &o.id, "1002", "38741").await?,
+        Some(global.clone())
+    );
+    assert_eq!(ignore_of(&f, &o.id, "1001", "38739").await?, None);
+    assert_eq!(ignore_of(&f, &o.id, "1004", "38742").await?, None);
+
+    // The exception lapses (an operator shortens it by hand); the global is deactivated.
+    sqlx::query("UPDATE `Ignore` SET DueDate = '2020-01-01' WHERE ID = ?")
+        .bind(&exception)
+        .execute(f.pool())
+        .await?;
+    sqlx::query("UPDATE `Ignore` SET Active = 0 WHERE ID = ?")
+        .bind(&global)
+        .execute(f.pool())
+        .await?;
+    let with_ignores = detections(&f, &o.id).await?;
+    sim.clear_request_log();
+    run_ok(&f, &o.asset_sync, None).await?;
+    assert!(hld_windows(&sim)[0].is_some());
+    let after = detections(&f, &o.id).await?;
+    assert_eq!(
+        after[&key("1001", "38740", 22)].1,
+        None,
+        "lapsed exception removed"
+    );
+    assert_eq!(
+        after[&key("1002", "38741", 8080)].1,
+        None,
+        "inactive global removed"
+    );
+    assert_ne!(
+        after[&key("1001", "38740", 22)].3,
+        with_ignores[&key("1001", "38740", 22)].3,
+        "Updated moves, so TicketingJob sees the detection again"
+    );
+    assert_eq!(
+        after[&key("1004", "38742", 80)],
+        with_ignores[&key("1004", "38742", 80)]
+    );
+
+    // A scan's changes arrive through the window; "full_sync" pulls everything again.
+    sim.fix_vulnerability("10.0.0.4".parse()?, 38742, 80, Proto::Tcp)?;
+    qualys_scan(&sim, "10.0.0.4").await?;
+    sim.clear_request_log();
+    run_ok(&f, &o.asset_sync, None).await?;
+    assert_eq!(
+        detections(&f, &o.id).await?[&key("1004", "38742", 80)].0,
+        "fixed"
+    );
+    let full_payload = json!({"groups": ["42"], "full_sync": true});
+    run_ok(&f, &o.asset_sync, Some(full_payload)).await?;
+    let windows = hld_windows(&sim);
+    assert!(windows[0].is_some() && windows[1].is_none(), "{windows:?}");
+    sim.shutdown().await;
+    Ok(())
+}

@@ -183,3 +183,101 @@ pub async fn count(pool: &MySqlPool, org_id: &str, source_id: &str) -> Result<i6
             .await?;
     Ok(n)
 }
+
+/// Devices of the scanner source with a detection whose attached Ignore no
+/// longer applies: the row is gone or inactive, or it is an exception past its
+/// due date (a device exception without a due date never applied).
+pub async fn devices_with_lapsed_ignore(
+    pool: &MySqlPool,
+    org_id: &str,
+    source_id: &str,
+) -> Result<Vec<String>, ModelError> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT DISTINCT d.DeviceID FROM Detection d LEFT JOIN `Ignore` i ON i.ID = d.IgnoreID
+          WHERE d.OrganizationID = ? AND d.SourceID = ? AND d.IgnoreID IS NOT NULL
+            AND (i.ID IS NULL OR i.Active = 0
+                 OR (i.TypeId = 0 AND i.DueDate <= UTC_TIMESTAMP(3))
+                 OR (i.TypeId = 0 AND i.DueDate IS NULL AND COALESCE(i.DeviceID, '') <> ''))",
+    )
+    .bind(org_id)
+    .bind(source_id)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|(d,)| d).collect())
+}
+
+/// A stored detection as the Ignore re-evaluation sees it.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct AttachedIgnore {
+    #[sqlx(rename = "ID")]
+    pub id: String,
+    #[sqlx(rename = "DeviceID")]
+    pub device_id: String,
+    /// The scanner's vulnerability ID (VulnerabilityInfo.SourceVulnId).
+    #[sqlx(rename = "SourceVulnId")]
+    pub source_vuln_id: String,
+    #[sqlx(rename = "Port")]
+    pub port: i32,
+    #[sqlx(rename = "Protocol")]
+    pub protocol: String,
+    #[sqlx(rename = "IgnoreID")]
+    pub ignore_id: Option<String>,
+    #[sqlx(rename = "LastFound")]
+    pub last_found: Option<DateTime<Utc>>,
+}
+
+/// Every detection of `device_ids` from one scanner source, with its Ignore.
+pub async fn attached_ignores(
+    tx: &mut Transaction<'_, MySql>,
+    org_id: &str,
+    source_id: &str,
+    device_ids: &[String],
+) -> Result<Vec<AttachedIgnore>, ModelError> {
+    if device_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut q = QueryBuilder::<MySql>::new(
+        "SELECT d.ID, d.DeviceID, v.SourceVulnId, d.Port, d.Protocol, d.IgnoreID, d.LastFound
+           FROM Detection d JOIN VulnerabilityInfo v ON v.ID = d.VulnerabilityID
+          WHERE d.OrganizationID = ",
+    );
+    q.push_bind(org_id)
+        .push(" AND d.SourceID = ")
+        .push_bind(source_id)
+        .push(" AND d.DeviceID IN (");
+    let mut sep = q.separated(", ");
+    for d in device_ids {
+        sep.push_bind(d);
+    }
+    q.push(")");
+    Ok(q.build_query_as().fetch_all(&mut **tx).await?)
+}
+
+/// Sets the Ignore of detections (`Updated` = now, so TicketingJob sees a
+/// detection whose exception lapsed), one statement per distinct Ignore.
+pub async fn set_ignore(
+    tx: &mut Transaction<'_, MySql>,
+    changes: &[(String, Option<String>)],
+    now: DateTime<Utc>,
+) -> Result<(), ModelError> {
+    let mut by_ignore: HashMap<&Option<String>, Vec<&str>> = HashMap::new();
+    for (id, ignore) in changes {
+        by_ignore.entry(ignore).or_default().push(id);
+    }
+    for (ignore, ids) in by_ignore {
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<MySql>::new("UPDATE Detection SET IgnoreID = ");
+            q.push_bind(ignore)
+                .push(", Updated = ")
+                .push_bind(now)
+                .push(" WHERE ID IN (");
+            let mut sep = q.separated(", ");
+            for id in chunk {
+                sep.push_bind(*id);
+            }
+            q.push(")");
+            q.build().execute(&mut **tx).await?;
+        }
+    }
+    Ok(())
+}

@@ -9,7 +9,7 @@ use super::ModelError;
 
 /// The `OperatingSystemType` rules: the highest Priority whose Match occurs
 /// in the OS (case-insensitive) wins; the empty Match is the fallback.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct OsTypes {
     rules: Vec<(i32, String, i32)>,
 }
@@ -177,4 +177,28 @@ impl DeviceRow {
             && (self.instance_id.is_empty() || self.instance_id == stored.instance_id)
             && (self.tracking_method.is_none() || self.tracking_method == stored.tracking_method)
     }
+}
+
+/// Asset IDs of the scanner source's devices in `groups` (Device.GroupID).
+pub async fn asset_ids_in_groups(
+    pool: &MySqlPool,
+    org_id: &str,
+    source_id: &str,
+    groups: &[String],
+) -> Result<Vec<String>, ModelError> {
+    if groups.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut q = QueryBuilder::<MySql>::new("SELECT AssetID FROM Device WHERE OrganizationID = ");
+    q.push_bind(org_id)
+        .push(" AND SourceID = ")
+        .push_bind(source_id)
+        .push(" AND GroupID IN (");
+    let mut sep = q.separated(", ");
+    for g in groups {
+        sep.push_bind(g);
+    }
+    q.push(")");
+    let rows: Vec<(String,)> = q.build_query_as().fetch_all(pool).await?;
+    Ok(rows.into_iter().map(|(a,)| a).collect())
 }

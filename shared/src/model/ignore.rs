@@ -159,3 +159,45 @@ pub async fn decommission_device(
     tx.commit().await?;
     Ok(id)
 }
+
+/// Devices (asset IDs) whose device-specific Ignore rows, of any type and any
+/// source, were created or changed at or after `since` (database clock).
+pub async fn devices_changed_since(
+    pool: &MySqlPool,
+    org_id: &str,
+    since: DateTime<Utc>,
+) -> Result<Vec<String>, ModelError> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT DISTINCT DeviceID FROM `Ignore`
+          WHERE OrganizationID = ? AND COALESCE(DeviceID, '') <> ''
+            AND (DBCreatedDate >= ? OR DBUpdatedDate >= ?)",
+    )
+    .bind(org_id)
+    .bind(since)
+    .bind(since)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|(d,)| d).collect())
+}
+
+/// Whether a global exception of the scanner source (no device) was created
+/// or changed at or after `since`.
+pub async fn globals_changed_since(
+    pool: &MySqlPool,
+    org_id: &str,
+    source_id: &str,
+    since: DateTime<Utc>,
+) -> Result<bool, ModelError> {
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM `Ignore`
+          WHERE OrganizationID = ? AND SourceID = ? AND COALESCE(DeviceID, '') = ''
+            AND (DBCreatedDate >= ? OR DBUpdatedDate >= ?)",
+    )
+    .bind(org_id)
+    .bind(source_id)
+    .bind(since)
+    .bind(since)
+    .fetch_one(pool)
+    .await?;
+    Ok(n > 0)
+}

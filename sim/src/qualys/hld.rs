@@ -35,6 +35,8 @@ struct Filter {
     kernel: u8,
     tags: Option<Vec<String>>,
     show_reopened: bool,
+    /// `detection_updated_since`: only detections whose LAST_UPDATE_DATETIME is at or after it.
+    updated_since: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Filter {
@@ -107,6 +109,11 @@ impl Filter {
             kernel,
             tags,
             show_reopened: call.flag("show_reopened_info")?,
+            updated_since: call
+                .get("detection_updated_since")?
+                .filter(|s| !s.is_empty())
+                .map(|s| super::parse_since("detection_updated_since", s))
+                .transpose()?,
         })
     }
 
@@ -152,6 +159,9 @@ impl Filter {
 
     fn detection_matches(&self, estate: &Estate, key: &VulnKey, d: &Detection) -> bool {
         if !self.statuses.contains(&d.status) {
+            return false;
+        }
+        if self.updated_since.is_some_and(|t| d.last_update < t) {
             return false;
         }
         if self

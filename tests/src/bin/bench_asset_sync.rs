@@ -1,4 +1,5 @@
-//! AssetSyncJob throughput: a first sync and a no-change re-sync of a
+//! AssetSyncJob throughput: a first sync, a no-change re-sync (incremental
+//! where the scanner allows it) and a forced full no-change re-sync of a
 //! generated estate from the Qualys and the Nexpose simulators into MariaDB,
 //! through a real coordinator and worker, with the worker's peak RSS.
 //!
@@ -87,10 +88,16 @@ async fn setup(
 
 /// Runs a job config once; returns its wall time (insert to COMPLETED).
 async fn run(f: &Fleet, config: &str) -> anyhow::Result<Duration> {
+    run_with(f, config, "{}").await
+}
+
+/// Runs a job config once with `extra` merged into its payload (MariaDB's JSON_MERGE_PATCH).
+async fn run_with(f: &Fleet, config: &str, extra: &str) -> anyhow::Result<Duration> {
     let id = uuid::Uuid::new_v4().to_string();
     let started = Instant::now();
-    sqlx::query("INSERT INTO JobHistory (ID, JobId, ConfigID, StatusId, Priority, Payload) SELECT ?, JobId, ID, 1, 0, Payload FROM JobConfig WHERE ID = ?")
+    sqlx::query("INSERT INTO JobHistory (ID, JobId, ConfigID, StatusId, Priority, Payload) SELECT ?, JobId, ID, 1, 0, JSON_MERGE_PATCH(Payload, ?) FROM JobConfig WHERE ID = ?")
         .bind(&id)
+        .bind(extra)
         .bind(config)
         .execute(f.pool())
         .await?;
@@ -112,6 +119,7 @@ struct Row {
     detections: i64,
     first: Duration,
     resync: Duration,
+    full_resync: Duration,
     rss: f64,
 }
 
@@ -143,17 +151,19 @@ async fn bench(vendor: Vendor, hosts: usize, per_host: usize) -> anyhow::Result<
     let detections = count(&f, &org).await?;
     eprintln!("{name}: first sync {detections} detections in {first:?}; re-sync…");
     let resync = run(&f, &asset).await?;
+    eprintln!("{name}: re-sync in {resync:?}; forced full re-sync…");
+    let full_resync = run_with(&f, &asset, r#"{"full_sync": true}"#).await?;
     let rss = peak_rss_mb(f.processes[worker].pid());
     anyhow::ensure!(
         count(&f, &org).await? == detections,
-        "the re-sync changed the row count"
+        "the re-syncs changed the row count"
     );
     let progress = f.processes[worker]
         .output()
         .lines()
         .filter(|l| l.contains("Synced "))
         .count();
-    eprintln!("{name}: re-sync in {resync:?}; worker peak RSS {rss:.0} MB; {progress} progress lines logged");
+    eprintln!("{name}: full re-sync in {full_resync:?}; worker peak RSS {rss:.0} MB; {progress} progress lines logged");
     drop(f);
     sim.shutdown().await;
     Ok(Row {
@@ -162,6 +172,7 @@ async fn bench(vendor: Vendor, hosts: usize, per_host: usize) -> anyhow::Result<
         detections,
         first,
         resync,
+        full_resync,
         rss,
     })
 }
@@ -175,11 +186,11 @@ async fn main() -> anyhow::Result<()> {
     if nexpose_hosts > 0 {
         rows.push(bench(Vendor::Nexpose, nexpose_hosts, per_host).await?);
     }
-    println!("| scanner | hosts × detections | detections | first sync | detections/s | no-change re-sync | speed-up | worker peak RSS |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| scanner | hosts × detections | detections | first sync | detections/s | no-change re-sync | speed-up | forced full re-sync | speed-up | worker peak RSS |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {} | {} × {} | {} | {:.1} s | {:.0} | {:.1} s | {:.1}× | {:.0} MB |",
+            "| {} | {} × {} | {} | {:.1} s | {:.0} | {:.1} s | {:.1}× | {:.1} s | {:.1}× | {:.0} MB |",
             r.scanner,
             r.hosts,
             per_host,
@@ -188,6 +199,8 @@ async fn main() -> anyhow::Result<()> {
             r.detections as f64 / r.first.as_secs_f64(),
             r.resync.as_secs_f64(),
             r.first.as_secs_f64() / r.resync.as_secs_f64(),
+            r.full_resync.as_secs_f64(),
+            r.first.as_secs_f64() / r.full_resync.as_secs_f64(),
             r.rss
         );
     }

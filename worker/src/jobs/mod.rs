@@ -102,6 +102,35 @@ impl JobContext {
         .map_err(|e| JobError::Config(e.to_string()))
     }
 
+    /// The job's scanner (its first in-source): the source config, the
+    /// scanner's Source.ID and a rate-limited client for it.
+    pub fn scanner_in(
+        &self,
+        job: &str,
+    ) -> Result<
+        (
+            SourceConfig,
+            String,
+            Box<dyn crate::vendors::scanner::Scanner>,
+        ),
+        JobError,
+    > {
+        let sc = self
+            .sources_in
+            .first()
+            .cloned()
+            .ok_or_else(|| JobError::Config(format!("{job} needs a scanner in-source")))?;
+        let source_id = sc.source_id.clone().ok_or_else(|| {
+            JobError::Config(format!(
+                "source config {} has no SourceID (scanner Source.ID)",
+                sc.id
+            ))
+        })?;
+        let scanner = crate::vendors::scanner::for_source(&sc, self.client(&sc)?)
+            .map_err(|e| JobError::Failed(e.into()))?;
+        Ok((sc, source_id, scanner))
+    }
+
     /// Waits `duration`, or returns `Err(Cancelled)` as soon as the job is cancelled.
     pub async fn sleep(&self, duration: std::time::Duration) -> Result<(), JobError> {
         tokio::select! {

@@ -20,7 +20,7 @@ use futures::StreamExt;
 use aegis_shared::model::vulnerability::{self, VulnRow};
 
 use super::{Job, JobContext, JobError};
-use crate::vendors::scanner::{self, RefType, ScannedVulnerability};
+use crate::vendors::scanner::{RefType, ScannedVulnerability};
 
 pub struct VulnSyncJob;
 
@@ -68,19 +68,7 @@ fn row(v: ScannedVulnerability) -> VulnRow {
 }
 
 async fn run(ctx: JobContext) -> Result<(), JobError> {
-    let sc = ctx
-        .sources_in
-        .first()
-        .cloned()
-        .ok_or_else(|| JobError::Config("VulnSyncJob needs a scanner in-source".into()))?;
-    let source_id = sc.source_id.clone().ok_or_else(|| {
-        JobError::Config(format!(
-            "source config {} has no SourceID (scanner Source.ID)",
-            sc.id
-        ))
-    })?;
-    let scanner =
-        scanner::for_source(&sc, ctx.client(&sc)?).map_err(|e| JobError::Failed(e.into()))?;
+    let (_, source_id, scanner) = ctx.scanner_in("VulnSyncJob")?;
     let since = ctx.config.as_ref().and_then(|c| c.last_job_start);
     let mut stored = vulnerability::changed_at(&ctx.pool, &source_id).await?;
     tracing::info!(

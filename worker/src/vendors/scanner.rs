@@ -193,6 +193,12 @@ pub trait Scanner: Send + Sync {
     /// The vendor behind this scanner.
     fn vendor(&self) -> Vendor;
 
+    /// Whether [`Scanner::host_detections`] honours `since` (Qualys'
+    /// `detection_updated_since`). A scanner that does not is always synced in full.
+    fn detection_window(&self) -> bool {
+        false
+    }
+
     /// Every host of `groups` with its detections, in batches of at most
     /// [`HOSTS_PER_BATCH`] hosts. `groups` are Qualys asset group IDs (or
     /// `tag-` items, a tag selection) or Nexpose site IDs; `since` narrows to

@@ -98,6 +98,10 @@ impl Scanner for QualysScanner {
         Vendor::Qualys
     }
 
+    fn detection_window(&self) -> bool {
+        true
+    }
+
     fn host_detections<'a>(
         &'a self,
         groups: &'a [String],

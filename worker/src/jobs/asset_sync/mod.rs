@@ -3,7 +3,13 @@
 //! and attaches `Ignore` ids (decommission, device exception / false
 //! positive, global exception) so TicketingJob skips what is ignored.
 //!
-//! Payload: `{"groups": ["1", "tag-web,tag-db"], "groups_exempt_from_global_exceptions": ["1"]}`.
+//! Payload: `{"groups": ["1", "tag-web,tag-db"], "groups_exempt_from_global_exceptions": ["1"],
+//! "full_sync": false, "full_sync_interval_hours": 168}` (the last two optional).
+//!
+//! A Qualys group synced before asks only for the detections updated since its
+//! last sync started, then re-evaluates the Ignore of the stored detections
+//! whose Ignore may have changed ([`ignores::reconcile`]); see
+//! `docs/scanner-sync.md`, "Incremental re-syncs".
 //!
 //! What must stay true:
 //! * rows are keyed on their natural identity (device: organization, scanner
@@ -16,10 +22,11 @@
 //! * a detection whose stored state equals what the scanner says is not
 //!   written (a re-sync with nothing changed only reads);
 //! * cancellation is honoured between batches;
+//! * a group's sync stamps move only once all its batches are written, so a
+//!   failed or cancelled sync is retried from the same window;
 //! * `Source.ID` of the scanner is used everywhere the original sometimes
 //!   passed the SourceConfig ID (spec §15.1).
 
-use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
@@ -27,16 +34,18 @@ use chrono::{DateTime, SubsecRound, Utc};
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use prometheus::IntCounterVec;
-use regex::Regex;
 use serde::Deserialize;
 
+use aegis_shared::model::asset_group;
 use aegis_shared::model::detection::{self, DetectionRow, FindingKey, SyncedState};
-use aegis_shared::model::device::{self, DeviceRow, OsTypes};
-use aegis_shared::model::ignore::{self, Ignore};
-use aegis_shared::model::{asset_group, vulnerability};
+use aegis_shared::model::device::{self, DeviceRow};
+use aegis_shared::model::ignore;
 
 use super::{Job, JobContext, JobError};
-use crate::vendors::scanner::{self, ScannedHost, Scanner};
+use ignores::{Decommission, HostFacts, Lookups};
+
+mod ignores;
+use crate::vendors::scanner::{ScannedHost, Scanner};
 
 /// Detections per database batch (one transaction).
 pub const DETECTIONS_PER_BATCH: usize = 2000;
@@ -57,6 +66,46 @@ struct Payload {
     groups: Vec<String>,
     #[serde(default)]
     groups_exempt_from_global_exceptions: Option<Vec<String>>,
+    /// Pull every detection of every group this run, whatever the last sync.
+    #[serde(default)]
+    full_sync: bool,
+    /// A group synced incrementally is synced in full again once its last
+    /// full sync is this old (0: every run is full).
+    #[serde(default)]
+    full_sync_interval_hours: Option<u32>,
+}
+
+/// Default of `full_sync_interval_hours`: a week.
+pub const DEFAULT_FULL_SYNC_INTERVAL_HOURS: u32 = 168;
+
+/// How far before the group's last sync start the scanner is asked for
+/// changes: covers the scanner's clock against the database's, and results
+/// the scanner processed late.
+pub const SCANNER_WINDOW_OVERLAP: chrono::TimeDelta = chrono::TimeDelta::minutes(15);
+
+/// The start of the group's last sync when this run may fetch only the
+/// detections changed since; `None` when it must pull them all: the payload
+/// asks for it, the scanner has no such filter (Nexpose), the group was never
+/// synced, or its last full sync is `full_sync_interval_hours` old.
+fn incremental_since(
+    p: &Payload,
+    scanner_has_window: bool,
+    stamps: asset_group::SyncStamps,
+    started: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    if p.full_sync || !scanner_has_window {
+        return None;
+    }
+    let (Some(last), Some(last_full)) = (stamps.last, stamps.last_full) else {
+        return None;
+    };
+    let interval = p
+        .full_sync_interval_hours
+        .unwrap_or(DEFAULT_FULL_SYNC_INTERVAL_HOURS);
+    if interval == 0 || started - last_full >= chrono::TimeDelta::hours(i64::from(interval)) {
+        return None;
+    }
+    Some(last)
 }
 
 pub struct AssetSyncJob;
@@ -68,140 +117,6 @@ impl Job for AssetSyncJob {
 
     fn run(&self, ctx: JobContext) -> BoxFuture<'static, Result<(), JobError>> {
         Box::pin(async move { run(ctx).await })
-    }
-}
-
-/// A compiled global exception.
-struct GlobalException {
-    id: String,
-    vulnerability_id: String,
-    os: Option<Regex>,
-    hostname: Option<Regex>,
-    device_id: Option<Regex>,
-    due_date: Option<DateTime<Utc>>,
-    type_id: i32,
-}
-
-/// Everything looked up once per run.
-struct Lookups {
-    statuses: HashMap<String, i32>,
-    os_types: OsTypes,
-    /// SourceVulnId → VulnerabilityInfo.ID
-    vulns: HashMap<String, String>,
-    globals: Vec<GlobalException>,
-    /// asset ID → "<vuln id>;<port key>" → ignore
-    device_ignores: HashMap<String, HashMap<String, Ignore>>,
-    /// asset ID → active decommission entry
-    decommissions: HashMap<String, Ignore>,
-    exempt: Vec<String>,
-}
-
-fn compile(
-    field: &str,
-    ignore: &Ignore,
-    pattern: &Option<String>,
-) -> Result<Option<Regex>, JobError> {
-    match pattern.as_deref().map(str::trim).filter(|p| !p.is_empty()) {
-        None => Ok(None),
-        Some(p) => Regex::new(p).map(Some).map_err(|e| {
-            JobError::Config(format!(
-                "global exception {} has an invalid {field} {p:?}: {e}",
-                ignore.id
-            ))
-        }),
-    }
-}
-
-impl Lookups {
-    async fn load(
-        ctx: &JobContext,
-        org_id: &str,
-        source_id: &str,
-        exempt: Vec<String>,
-    ) -> Result<Lookups, JobError> {
-        let pool = &ctx.pool;
-        let mut globals = Vec::new();
-        for g in ignore::global_exceptions(pool, org_id, source_id).await? {
-            globals.push(GlobalException {
-                os: compile("OSRegex", &g, &g.os_regex)?,
-                hostname: compile("HostnameRegex", &g, &g.hostname_regex)?,
-                device_id: compile("DeviceIDRegex", &g, &g.device_id_regex)?,
-                id: g.id,
-                vulnerability_id: g.vulnerability_id,
-                due_date: g.due_date,
-                type_id: g.type_id,
-            });
-        }
-        let mut device_ignores: HashMap<String, HashMap<String, Ignore>> = HashMap::new();
-        for i in ignore::device_ignores(pool, org_id).await? {
-            let device = i.device_id.clone().unwrap_or_default();
-            let key = format!(
-                "{};{}",
-                i.vulnerability_id,
-                i.port.as_deref().unwrap_or("").trim()
-            );
-            device_ignores.entry(device).or_default().insert(key, i);
-        }
-        let decommissions = ignore::decommissions(pool, org_id, source_id)
-            .await?
-            .into_iter()
-            .map(|i| (i.device_id.clone().unwrap_or_default(), i))
-            .collect();
-        Ok(Lookups {
-            statuses: detection::statuses(pool).await?,
-            os_types: OsTypes::load(pool).await?,
-            vulns: vulnerability::ids_by_source_vuln_id(pool, source_id).await?,
-            globals,
-            device_ignores,
-            decommissions,
-            exempt,
-        })
-    }
-
-    /// The device exception or false positive for this finding, else the
-    /// first matching global exception (unless the group is exempt).
-    fn exception(
-        &self,
-        host: &ScannedHost,
-        group: &str,
-        vuln_id: &str,
-        port: i32,
-        protocol: &str,
-        now: DateTime<Utc>,
-    ) -> Option<String> {
-        let port_key = if port > 0 || !protocol.is_empty() {
-            format!("{port} {protocol}")
-        } else {
-            String::new()
-        };
-        if let Some(i) = self
-            .device_ignores
-            .get(&host.asset_id)
-            .and_then(|m| m.get(&format!("{vuln_id};{port_key}")))
-        {
-            // False positives always apply; exceptions until their due date.
-            if i.type_id != ignore::EXCEPTION || i.due_date.is_some_and(|d| d > now) {
-                return Some(i.id.clone());
-            }
-        }
-        if self.exempt.iter().any(|g| g == group) {
-            return None;
-        }
-        self.globals
-            .iter()
-            .find(|g| {
-                (g.os.is_some() || g.hostname.is_some() || g.device_id.is_some())
-                    && (g.vulnerability_id.is_empty() || g.vulnerability_id == vuln_id)
-                    && !(g.type_id == ignore::EXCEPTION && g.due_date.is_some_and(|d| d <= now))
-                    && g.os.as_ref().is_none_or(|r| r.is_match(&host.os))
-                    && g.hostname
-                        .as_ref()
-                        .is_none_or(|r| r.is_match(&host.hostname))
-                    && g.device_id
-                        .as_ref()
-                        .is_none_or(|r| r.is_match(&host.asset_id))
-            })
-            .map(|g| g.id.clone())
     }
 }
 
@@ -280,25 +195,48 @@ async fn run(ctx: JobContext) -> Result<(), JobError> {
     let org = ctx.org.clone().ok_or_else(|| {
         JobError::Config("AssetSyncJob needs a JobConfig with an organization".into())
     })?;
-    let sc = ctx
-        .sources_in
-        .first()
-        .cloned()
-        .ok_or_else(|| JobError::Config("AssetSyncJob needs a scanner in-source".into()))?;
-    let source_id = sc.source_id.clone().ok_or_else(|| {
-        JobError::Config(format!(
-            "source config {} has no SourceID (scanner Source.ID)",
-            sc.id
-        ))
-    })?;
-    let scanner =
-        scanner::for_source(&sc, ctx.client(&sc)?).map_err(|e| JobError::Failed(e.into()))?;
+    let (sc, source_id, scanner) = ctx.scanner_in("AssetSyncJob")?;
 
-    let exempt = p.groups_exempt_from_global_exceptions.unwrap_or_default();
+    // The run's start on the database clock: the Ignore rows' dates and the
+    // groups' sync stamps are all on it.
+    let (started,): (DateTime<Utc>,) = sqlx::query_as("SELECT UTC_TIMESTAMP(3)")
+        .fetch_one(&ctx.pool)
+        .await?;
+    // Plain groups one at a time; a tag item ("tag-1,tag-2") is one selection.
+    let mut plan = Vec::with_capacity(groups.len());
+    for item in &groups {
+        let selection: Vec<String> = if item.contains("tag-") {
+            item.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        } else {
+            vec![item.clone()]
+        };
+        asset_group::ensure(&ctx.pool, &org.id, item, &sc.id, &source_id).await?;
+        let stamps = asset_group::sync_stamps(&ctx.pool, &org.id, item, &sc.id).await?;
+        let since = incremental_since(&p, scanner.detection_window(), stamps, started);
+        let exempt = p
+            .groups_exempt_from_global_exceptions
+            .as_ref()
+            .is_some_and(|g| g.contains(item));
+        let exemption_changed = stamps.exempt_from_globals != Some(exempt);
+        plan.push((item.clone(), selection, since, exempt, exemption_changed));
+    }
+
+    let exempt = p
+        .groups_exempt_from_global_exceptions
+        .clone()
+        .unwrap_or_default();
     let lookups = Lookups::load(&ctx, &org.id, &source_id, exempt).await?;
-    let expected = detection::count(&ctx.pool, &org.id, &source_id)
-        .await?
-        .max(0) as u64;
+    // Progress counts against every stored detection when a group is pulled in full.
+    let expected = if plan.iter().any(|(_, _, since, _, _)| since.is_none()) {
+        detection::count(&ctx.pool, &org.id, &source_id)
+            .await?
+            .max(0) as u64
+    } else {
+        0
+    };
     let now = Instant::now();
     let mut sync = Sync {
         ctx: &ctx,
@@ -317,22 +255,45 @@ async fn run(ctx: JobContext) -> Result<(), JobError> {
         },
     };
 
-    // Plain groups one at a time; a tag item ("tag-1,tag-2") is one selection.
-    for item in &groups {
-        let selection: Vec<String> = if item.contains("tag-") {
-            item.split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect()
-        } else {
-            vec![item.clone()]
-        };
-        asset_group::ensure(&ctx.pool, &org.id, item, &sc.id, &source_id).await?;
+    for (item, selection, since, exempt, exemption_changed) in plan {
         if ctx.cancel.is_cancelled() {
             return Err(JobError::Cancelled);
         }
-        tracing::info!("started processing {item}");
-        sync.group(scanner.as_ref(), item, &selection).await?;
+        let window = since.map(|t| t - SCANNER_WINDOW_OVERLAP);
+        match window {
+            Some(w) => tracing::info!(
+                "started processing {item} (detections updated since {})",
+                w.format("%Y-%m-%d %H:%M:%S")
+            ),
+            None => tracing::info!("started processing {item}"),
+        }
+        sync.group(scanner.as_ref(), &item, &selection, window)
+            .await?;
+        if let Some(since) = since {
+            // What the scanner did not send may still have an Ignore to change.
+            let tick = Utc::now().trunc_subsecs(3);
+            ignores::reconcile(
+                &ctx,
+                &sync.lookups,
+                &org.id,
+                &source_id,
+                std::slice::from_ref(&item),
+                since,
+                exemption_changed,
+                tick,
+            )
+            .await?;
+        }
+        asset_group::record_sync(
+            &ctx.pool,
+            &org.id,
+            &item,
+            &sc.id,
+            started,
+            since.is_none(),
+            exempt,
+        )
+        .await?;
         tracing::info!("finished processing {item}");
     }
     sync.progress.log();
@@ -345,8 +306,9 @@ impl Sync<'_> {
         scanner: &dyn Scanner,
         group: &str,
         selection: &[String],
+        since: Option<DateTime<Utc>>,
     ) -> Result<(), JobError> {
-        let mut stream = scanner.host_detections(selection, None);
+        let mut stream = scanner.host_detections(selection, since);
         let mut pending: Vec<ScannedHost> = Vec::new();
         let mut pending_detections = 0;
         loop {
@@ -431,20 +393,21 @@ impl Sync<'_> {
 
             // Decommissioned: every detection gets the entry, unless the device
             // was seen after its decommission date (then it is active again).
-            let mut decommission = None;
-            if let Some(d) = l.decommissions.get(&host.asset_id) {
-                let due = d.due_date.unwrap_or(DateTime::UNIX_EPOCH);
-                let seen_since = host
-                    .detections
-                    .iter()
-                    .any(|x| x.last_found.or(x.detected).is_some_and(|t| t > due));
-                if seen_since {
+            let found = host.detections.iter().map(|x| x.last_found.or(x.detected));
+            let decommission = match l.decommission(&host.asset_id, found) {
+                Decommission::Attach(id) => Some(id),
+                Decommission::None => None,
+                Decommission::SeenSince => {
                     tracing::warn!("device {} has a vulnerability found after its decommission date; it is active again", host.asset_id);
                     reactivated.push(host.asset_id.clone());
-                } else {
-                    decommission = Some(d.id.clone());
+                    None
                 }
-            }
+            };
+            let facts = HostFacts {
+                asset_id: &host.asset_id,
+                os: &host.os,
+                hostname: &host.hostname,
+            };
 
             for det in &host.detections {
                 done += 1;
@@ -462,7 +425,7 @@ impl Sync<'_> {
                     continue;
                 };
                 let ignore_id = decommission.clone().or_else(|| {
-                    l.exception(host, group, &det.vuln_id, det.port, &det.protocol, now)
+                    l.exception(&facts, group, &det.vuln_id, det.port, &det.protocol, now)
                 });
                 let key = FindingKey {
                     device_id: host.asset_id.clone(),
@@ -533,5 +496,72 @@ impl Sync<'_> {
         }
         self.progress.add(hosts.len(), done, rows.len(), skipped);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aegis_shared::model::asset_group::SyncStamps;
+    use chrono::TimeZone;
+
+    fn payload(json: &str) -> Payload {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn at(h: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 12, 1, h, 0, 0).unwrap()
+    }
+
+    #[test]
+    fn a_group_synced_before_is_synced_from_its_last_start() {
+        let stamps = SyncStamps {
+            last: Some(at(10)),
+            last_full: Some(at(2)),
+            exempt_from_globals: None,
+        };
+        let p = payload(r#"{"groups":["1"]}"#);
+        assert_eq!(incremental_since(&p, true, stamps, at(12)), Some(at(10)));
+    }
+
+    #[test]
+    fn full_pulls_first_time_on_request_on_schedule_and_without_a_window() {
+        let p = payload(r#"{"groups":["1"]}"#);
+        let never = SyncStamps::default();
+        assert_eq!(
+            incremental_since(&p, true, never, at(12)),
+            None,
+            "never synced"
+        );
+        let synced = SyncStamps {
+            last: Some(at(10)),
+            last_full: Some(at(2)),
+            exempt_from_globals: None,
+        };
+        assert_eq!(
+            incremental_since(&p, false, synced, at(12)),
+            None,
+            "Nexpose"
+        );
+        let forced = payload(r#"{"groups":["1"],"full_sync":true}"#);
+        assert_eq!(incremental_since(&forced, true, synced, at(12)), None);
+        let every_run = payload(r#"{"groups":["1"],"full_sync_interval_hours":0}"#);
+        assert_eq!(incremental_since(&every_run, true, synced, at(12)), None);
+        let ten_hours = payload(r#"{"groups":["1"],"full_sync_interval_hours":10}"#);
+        assert_eq!(
+            incremental_since(&ten_hours, true, synced, at(12)),
+            None,
+            "last full sync 10 h ago"
+        );
+        assert_eq!(
+            incremental_since(&ten_hours, true, synced, at(11)),
+            Some(at(10))
+        );
+        let week_old = SyncStamps {
+            last: Some(at(10)),
+            last_full: Some(at(10) - chrono::TimeDelta::hours(168)),
+            exempt_from_globals: None,
+        };
+        assert_eq!(incremental_since(&p, true, week_old, at(10)), None);
     }
 }
