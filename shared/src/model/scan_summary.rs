@@ -1,5 +1,6 @@
-//! Scan summaries (`ScanSummary`): one row per scan a RescanJob launched, with
-//! the ScanClosePayload its ScanCloseJob will get. The status is written by
+//! Scan summaries (`ScanSummary`): one row per scan a RescanJob launched, or a
+//! ScanSyncJob started tracking (a Qualys scheduled scan), with the
+//! ScanClosePayload its ScanCloseJob will get. The status is written by
 //! ScanSyncJob; its move to a terminal status is a compare-and-set, so two
 //! ScanSyncJobs never queue two ScanCloseJobs for one scan.
 

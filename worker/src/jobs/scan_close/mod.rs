@@ -1,11 +1,24 @@
-//! ScanCloseJob: applies a finished scan's results to its tickets (and, for a
-//! decommission scan, every other live ticket of the same devices), then
+//! ScanCloseJob: applies a finished scan's results to its tickets, then
 //! updates the Detection table and releases the tickets' leases (spec
 //! `original-jobs-rescan.md` §4).
 //!
 //! In-source: the scanner config. Out-source: JIRA. Payload: the scan's
 //! ScanClosePayload (`group`, `tickets`, `type`, `scan`, `devices`, `scan_id`),
 //! queued by ScanSyncJob.
+//!
+//! Which tickets (§4.1 step 3): the payload's, and
+//! * NORMAL: the scanned devices' other live tickets (Open, Reopened,
+//!   Resolved-Exception, Resolved-Decommissioned, In-Progress) of the batch's
+//!   vulnerabilities each device has no rescanned ticket for;
+//! * DECOMMISSIONED: every other live ticket of the scanned devices;
+//! * SCHEDULED (a scan scheduled in Qualys; `tickets` is null): what NORMAL's
+//!   and DECOMMISSIONED's RescanQueueJob select, in the scan's group(s) — the
+//!   group applies to both statuses (the original's precedence applied it to
+//!   DECOMMISSIONED's only).
+//!
+//! Those extra tickets are leased to this job and its scan before they are
+//! decided; one another rescan or scan holds is skipped with a log — it is that
+//! scan's to decide.
 //!
 //! What to do with each ticket is [`decision::decide`] (first match wins);
 //! this module gathers the evidence and carries the decision out:
