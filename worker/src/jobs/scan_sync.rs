@@ -55,16 +55,25 @@ struct Payload {
 }
 
 /// A `scheduled_scans` entry as a scan object: JSON text holding an object
-/// (the original's form), or an object written inline.
+/// (the original's form), or an object written inline. It must name the scan
+/// (`name` or `scanId`) and its asset group(s) (`groupId`: the close selects
+/// the group's tickets and reads the group's detections).
 fn parse_entry(entry: &Value) -> Result<Map<String, Value>, String> {
     let value = match entry {
         Value::String(text) => serde_json::from_str::<Value>(text).map_err(|e| e.to_string())?,
         other => other.clone(),
     };
-    match value {
-        Value::Object(scan) => Ok(scan),
-        other => Err(format!("expected a JSON object, found {other}")),
+    let scan = match value {
+        Value::Object(scan) => scan,
+        other => return Err(format!("expected a JSON object, found {other}")),
+    };
+    if text_field(&scan, "name").is_empty() && text_field(&scan, "scanId").is_empty() {
+        return Err("it has neither a name nor a scanId".into());
     }
+    if text_field(&scan, "groupId").is_empty() {
+        return Err("it has no groupId".into());
+    }
+    Ok(scan)
 }
 
 /// A scan object's text field (strings, or numbers as text), trimmed.
@@ -126,7 +135,7 @@ async fn track_scheduled(
         match parse_entry(entry) {
             Ok(scan) => entries.push(scan),
             Err(e) => tracing::error!(
-                "scheduled_scans entry {entry} skipped: it is not a JSON scan object ({e})"
+                "scheduled_scans entry {entry} skipped: it is not a usable scan object ({e})"
             ),
         }
     }
@@ -353,6 +362,8 @@ mod tests {
             "42"
         );
         assert!(parse_entry(&json!("{not json")).is_err());
+        assert!(parse_entry(&json!(r#"{"name":"no group"}"#)).is_err());
+        assert!(parse_entry(&json!(r#"{"groupId":"42"}"#)).is_err());
         assert!(parse_entry(&json!("[1, 2]")).is_err());
         assert!(parse_entry(&json!(7)).is_err());
     }
