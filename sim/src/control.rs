@@ -25,6 +25,23 @@ use crate::qualys::state::{QualysState, ScanState};
 use crate::world::{rfc3339, Proto, VulnKey, WorldFixture};
 use crate::{Control, SimError};
 
+/// A scan scheduled in the simulated Qualys subscription (created as its schedule fires).
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct ScheduledScanSpec {
+    /// The schedule's title (`TITLE` in the scan list; what Aegis matches exactly).
+    pub title: String,
+    /// Targets: a comma list of IPs or `a.b.c.d-e.f.g.h` ranges…
+    #[serde(default)]
+    pub ips: Option<String>,
+    /// …or every host of an asset group.
+    #[serde(default)]
+    pub asset_group: Option<u32>,
+    /// A state to hold it in (`Running`, `Paused`, …) until changed with
+    /// `/_sim/qualys/scans/state`; none = the timed lifecycle from now.
+    #[serde(default)]
+    pub state: Option<String>,
+}
+
 /// Changes to a host's liveness or scan behaviour.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct HostPatch {
@@ -224,6 +241,96 @@ impl Control {
         Ok(())
     }
 
+    /// Launches a scheduled Qualys scan now (a full scan of its targets, as the schedule's
+    /// option profile would run it) and returns its reference. It is listed with `TYPE`
+    /// Scheduled, found by `scan/?action=list&type=Scheduled`, and otherwise behaves like a
+    /// launched scan: status by `scan_ref`, truth applied to its targets when it finishes.
+    pub fn create_qualys_scheduled_scan(
+        &self,
+        spec: &ScheduledScanSpec,
+    ) -> Result<String, SimError> {
+        use crate::qualys::state::{self, Scan, RESCAN_PROFILE_ID};
+        let forced = match spec.state.as_deref() {
+            None => None,
+            Some(s) => Some((
+                ScanState::parse(s)
+                    .ok_or_else(|| SimError::Invalid(format!("unknown Qualys scan state '{s}'")))?,
+                false,
+            )),
+        };
+        let now = self.now();
+        let mut w = self.world();
+        let w = &mut *w;
+        let mut targets = Vec::new();
+        let target_text = match (&spec.ips, spec.asset_group) {
+            (Some(ips), _) if !ips.trim().is_empty() => {
+                for (a, b) in state::parse_ip_list(ips).map_err(SimError::Invalid)? {
+                    for ip in a..=b.min(a.saturating_add(65_536)) {
+                        if let Some(idx) = w.estate.host_by_ip(Ipv4Addr::from(ip)) {
+                            targets.push(idx);
+                        }
+                    }
+                }
+                ips.replace(' ', "").replace(',', ", ")
+            }
+            (_, Some(group)) => {
+                let mut ips = Vec::new();
+                for (idx, h) in w.estate.hosts.iter().enumerate() {
+                    if h.asset_groups.contains(&group) {
+                        targets.push(idx);
+                        ips.push(u32::from(h.ip));
+                    }
+                }
+                ips.sort_unstable();
+                state::collapse_ranges(&ips).join(", ")
+            }
+            _ => {
+                return Err(SimError::Invalid(
+                    "a scheduled scan needs ips or asset_group".into(),
+                ))
+            }
+        };
+        if targets.is_empty() {
+            return Err(SimError::Invalid(format!(
+                "scheduled scan '{}' has no host of the estate to scan",
+                spec.title
+            )));
+        }
+        targets.sort_unstable();
+        targets.dedup();
+        let profile = w
+            .qualys
+            .option_profiles
+            .get(&RESCAN_PROFILE_ID)
+            .cloned()
+            .ok_or_else(|| SimError::Invalid("the full-scan option profile is gone".into()))?;
+        let scope = w.qualys.scope_of(&profile);
+        let id = w.qualys.fresh_id();
+        let reference = format!("scan/{}.{:05}", now.timestamp(), id % 100_000);
+        w.qualys.scans.insert(
+            id,
+            Scan {
+                id,
+                reference: reference.clone(),
+                title: spec.title.clone(),
+                user_login: "scheduler".into(),
+                option_profile_id: profile.id,
+                scope,
+                targets,
+                target_text,
+                scanner: "sim-scanner-1".into(),
+                network_id: 0,
+                launched_at: now,
+                forced,
+                applied: false,
+                finished_at: None,
+                dead_ips: Vec::new(),
+                scheduled: true,
+            },
+        );
+        Ok(reference)
+    }
+
     /// Current (state, processed) of a Qualys scan.
     pub fn qualys_scan_state(&self, scan: &str) -> Option<(ScanState, bool)> {
         let now = self.now();
@@ -374,6 +481,7 @@ impl Control {
             .map(|s| {
                 let (st, processed) = QualysState::phase(s, now, &timing);
                 json!({"id": s.id, "ref": s.reference, "title": s.title, "state": st.as_str(),
+                       "scheduled": s.scheduled,
                        "processed": processed, "option_profile_id": s.option_profile_id,
                        "target": s.target_text, "scope": s.scope, "dead_ips": s.dead_ips})
             })
@@ -476,6 +584,7 @@ pub(crate) fn router() -> Router<Arc<Control>> {
         .route("/truth", post(truth))
         .route("/hosts/:ip", get(host).post(patch_host))
         .route("/qualys/scans/state", post(qualys_scan_state))
+        .route("/qualys/scheduled_scans", post(qualys_scheduled_scan))
         .route("/nexpose/scans/:id/status", post(nexpose_scan_status))
         .route("/jira/issues/:key/transition", post(jira_transition))
         .route("/jira/workflow.xml", get(workflow_xml))
@@ -651,6 +760,20 @@ async fn qualys_scan_state(State(ctx): State<Arc<Control>>, body: axum::body::By
     };
     match ctx.force_qualys_scan_state(&f.scan, state) {
         Ok(()) => ok(),
+        Err(e) => sim_err(e),
+    }
+}
+
+async fn qualys_scheduled_scan(
+    State(ctx): State<Arc<Control>>,
+    body: axum::body::Bytes,
+) -> Response {
+    let spec: ScheduledScanSpec = match parse_body(&body) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    match ctx.create_qualys_scheduled_scan(&spec) {
+        Ok(reference) => Json(json!({"ok": true, "ref": reference})).into_response(),
         Err(e) => sim_err(e),
     }
 }

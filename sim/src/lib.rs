@@ -40,7 +40,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use control::HostPatch;
+pub use control::{HostPatch, ScheduledScanSpec};
 pub use faults::{FaultAction, FaultSpec, FaultStatus, Vendor};
 pub use journal::JournalEntry;
 pub use qualys::state::ScanState as QualysScanState;

@@ -162,3 +162,81 @@ pub async fn leased(pool: &MySqlPool, org_id: &str) -> Result<Vec<String>, Model
     .await?;
     Ok(rows.into_iter().map(|(k,)| k).collect())
 }
+
+/// Who holds a lease: the JobHistory row and, once launched, the scan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    pub job_history_id: String,
+    pub scan_source_key: Option<String>,
+}
+
+/// The current holders of the leases of `keys` (tickets nobody holds are absent).
+pub async fn holders(
+    pool: &MySqlPool,
+    org_id: &str,
+    keys: &[String],
+) -> Result<std::collections::HashMap<String, Holder>, ModelError> {
+    let mut out = std::collections::HashMap::new();
+    for chunk in keys.chunks(500) {
+        let marks = vec!["?"; chunk.len()].join(", ");
+        let sql = format!(
+            "SELECT TicketKey, JobHistoryID, ScanSourceKey FROM RescanLease
+              WHERE OrganizationID = ? AND TicketKey IN ({marks})"
+        );
+        let mut q = sqlx::query_as::<_, (String, String, Option<String>)>(&sql).bind(org_id);
+        for k in chunk {
+            q = q.bind(k);
+        }
+        for (key, job_history_id, scan_source_key) in q.fetch_all(pool).await? {
+            out.insert(
+                key,
+                Holder {
+                    job_history_id,
+                    scan_source_key,
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Leases the tickets of `keys` that nobody holds to the ScanCloseJob `job_id`
+/// deciding scan `scan_key` (tickets a close decides beyond the scan's own:
+/// NORMAL's other tickets of the scanned devices, a SCHEDULED scan's tickets),
+/// and returns the keys of `keys` this job now holds — won here, or already its
+/// own (a retried run). [`release_scan`] deletes them with the scan's leases.
+pub async fn take_for_scan(
+    tx: &mut Transaction<'_, MySql>,
+    org_id: &str,
+    job_id: &str,
+    scan_key: &str,
+    rescan_type: &str,
+    keys: &[String],
+) -> Result<Vec<String>, ModelError> {
+    let mut ordered: Vec<&String> = keys.iter().collect();
+    ordered.sort();
+    ordered.dedup();
+    for key in ordered {
+        sqlx::query(
+            "INSERT IGNORE INTO RescanLease (OrganizationID, TicketKey, JobHistoryID, RescanType, ScanSourceKey, LeasedAt)
+             VALUES (?, ?, ?, ?, ?, UTC_TIMESTAMP(3))",
+        )
+        .bind(org_id)
+        .bind(key)
+        .bind(job_id)
+        .bind(rescan_type)
+        .bind(scan_key)
+        .execute(&mut **tx)
+        .await?;
+    }
+    let mine: Vec<(String,)> = sqlx::query_as(
+        "SELECT TicketKey FROM RescanLease WHERE OrganizationID = ? AND JobHistoryID = ? AND ScanSourceKey = ?",
+    )
+    .bind(org_id)
+    .bind(job_id)
+    .bind(scan_key)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mine: std::collections::HashSet<String> = mine.into_iter().map(|(k,)| k).collect();
+    Ok(keys.iter().filter(|k| mine.contains(*k)).cloned().collect())
+}

@@ -1,5 +1,6 @@
-//! Scan summaries (`ScanSummary`): one row per scan a RescanJob launched, with
-//! the ScanClosePayload its ScanCloseJob will get. The status is written by
+//! Scan summaries (`ScanSummary`): one row per scan a RescanJob launched, or a
+//! ScanSyncJob started tracking (a Qualys scheduled scan), with the
+//! ScanClosePayload its ScanCloseJob will get. The status is written by
 //! ScanSyncJob; its move to a terminal status is a compare-and-set, so two
 //! ScanSyncJobs never queue two ScanCloseJobs for one scan.
 
@@ -67,6 +68,25 @@ pub async fn insert(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// Starts tracking a scan Aegis did not launch (a scheduled scan), status
+/// `queued`. Returns false when the scan is already tracked: the natural key
+/// (scanner Source, organization, scan ID) is the primary key, so a second
+/// ScanSyncJob run, or one racing on another worker, never inserts it twice.
+pub async fn track(pool: &MySqlPool, s: &NewScanSummary<'_>) -> Result<bool, ModelError> {
+    let mut tx = pool.begin().await?;
+    match insert(&mut tx, s).await {
+        Ok(()) => {
+            tx.commit().await?;
+            Ok(true)
+        }
+        Err(ModelError::Sql(e)) if super::is_duplicate_key(&e) => {
+            tx.rollback().await?;
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The unfinished scans of one scanner SourceConfig in an organization, oldest first.

@@ -783,6 +783,7 @@ fn launch_scan(call: &Call) -> Result<String, QualysError> {
             applied: false,
             finished_at: None,
             dead_ips: Vec::new(),
+            scheduled: false,
         },
     );
     Ok(simple_return(
@@ -824,9 +825,10 @@ fn list_scans(call: &Call) -> Result<String, QualysError> {
         if reference.as_ref().is_some_and(|r| *r != s.reference) {
             continue;
         }
+        // `type`: Scheduled scans, or those launched on demand / by the API.
         if kind
             .as_ref()
-            .is_some_and(|k| k != "On-Demand" && k != "API")
+            .is_some_and(|k| (k == "Scheduled") != s.scheduled || !scan_type_known(k))
         {
             continue;
         }
@@ -852,9 +854,10 @@ fn list_scans(call: &Call) -> Result<String, QualysError> {
             .unwrap_or_default();
         let _ = write!(
             rows,
-            "      <SCAN>\n        <ID>{}</ID>\n        <REF>{}</REF>\n        <TYPE>On-Demand</TYPE>\n        <TITLE>{}</TITLE>\n        <USER_LOGIN>{}</USER_LOGIN>\n        <LAUNCH_DATETIME>{}</LAUNCH_DATETIME>\n        <DURATION>{}</DURATION>\n        <PROCESSING_PRIORITY>0 - No Priority</PROCESSING_PRIORITY>\n        <PROCESSED>{}</PROCESSED>\n        <STATUS>\n          <STATE>{}</STATE>\n        </STATUS>\n        <TARGET>{}</TARGET>\n        <OPTION_PROFILE>\n          <TITLE>{}</TITLE>\n        </OPTION_PROFILE>\n      </SCAN>\n",
+            "      <SCAN>\n        <ID>{}</ID>\n        <REF>{}</REF>\n        <TYPE>{}</TYPE>\n        <TITLE>{}</TITLE>\n        <USER_LOGIN>{}</USER_LOGIN>\n        <LAUNCH_DATETIME>{}</LAUNCH_DATETIME>\n        <DURATION>{}</DURATION>\n        <PROCESSING_PRIORITY>0 - No Priority</PROCESSING_PRIORITY>\n        <PROCESSED>{}</PROCESSED>\n        <STATUS>\n          <STATE>{}</STATE>\n        </STATUS>\n        <TARGET>{}</TARGET>\n        <OPTION_PROFILE>\n          <TITLE>{}</TITLE>\n        </OPTION_PROFILE>\n      </SCAN>\n",
             s.id,
             esc(&s.reference),
+            if s.scheduled { "Scheduled" } else { "On-Demand" },
             cdata(&s.title),
             esc(&s.user_login),
             time(s.launched_at),
@@ -872,6 +875,10 @@ fn list_scans(call: &Call) -> Result<String, QualysError> {
     }
     close_doc(&mut out, "SCAN_LIST_OUTPUT");
     Ok(out)
+}
+
+fn scan_type_known(kind: &str) -> bool {
+    matches!(kind, "On-Demand" | "Scheduled" | "API")
 }
 
 fn cancel_scan(call: &Call) -> Result<String, QualysError> {

@@ -203,6 +203,9 @@ pub struct Scan {
     pub applied: bool,
     pub finished_at: Option<DateTime<Utc>>,
     pub dead_ips: Vec<Ipv4Addr>,
+    /// Launched by a schedule (created through the control API), not by the API:
+    /// listed with `TYPE` Scheduled and found by `type=Scheduled`.
+    pub scheduled: bool,
 }
 
 /// State of the simulated Qualys subscription.

@@ -40,7 +40,7 @@ use super::rescan::{child_config, connect_jira, org, RescanPayload};
 use super::scan_close::decision::RescanType;
 use super::{Job, JobContext, JobError};
 use crate::vendors::jira::jql::{Cond, Field};
-use crate::vendors::ticketing::{field, status, Ticket, TicketEngine};
+use crate::vendors::ticketing::{field, status, Query, Ticket, TicketEngine};
 
 #[derive(Debug, Deserialize)]
 struct Payload {
@@ -84,7 +84,7 @@ async fn exceptions_due(ctx: &JobContext, org_id: &str) -> Result<Vec<String>, J
 /// In-Progress or Reopened, same Method of Discovery and Org, parents first.
 /// They are read from the parents' links, one by one; one that cannot be read
 /// is logged and skipped.
-async fn linked_children(
+pub(crate) async fn linked_children(
     engine: &dyn TicketEngine,
     parents: &[Ticket],
     org_code: &str,
@@ -128,6 +128,65 @@ async fn linked_children(
     out
 }
 
+/// Every selection's restriction: the project, the Method of Discovery (the
+/// scanner's Source name) and the Org (a word match; callers check it exactly).
+pub(crate) fn base_query(
+    engine: &dyn TicketEngine,
+    method_of_discovery: &str,
+    org_code: &str,
+) -> Query {
+    engine
+        .query()
+        .eq(
+            Field::aegis(field::METHOD_OF_DISCOVERY),
+            method_of_discovery.to_string(),
+        )
+        .contains(Field::aegis(field::ORG), org_code.to_string())
+}
+
+/// The status (and date or CERF) condition selecting the tickets of a rescan
+/// type, as one condition, so that a caller can combine selections and add
+/// conditions that hold for all of them (ScanCloseJob's SCHEDULED selection).
+/// `cerfs` is used by EXCEPTIONS only; SCHEDULED is NORMAL's and
+/// DECOMMISSIONED's together.
+pub(crate) fn selection(
+    status_name: &dyn Fn(&str) -> String,
+    kind: RescanType,
+    now: chrono::DateTime<Utc>,
+    cerfs: &[String],
+) -> Cond {
+    let names = |ss: &[&str]| ss.iter().map(|s| status_name(s)).collect::<Vec<_>>();
+    match kind {
+        RescanType::Normal => Cond::Eq(Field::STATUS, status_name(status::RESOLVED_REMEDIATED)),
+        RescanType::Decommissioned => {
+            Cond::Eq(Field::STATUS, status_name(status::RESOLVED_DECOMMISSIONED))
+        }
+        RescanType::Passive => Cond::All(vec![
+            Cond::In(
+                Field::STATUS,
+                names(&[
+                    status::OPEN,
+                    status::IN_PROGRESS,
+                    status::REOPENED,
+                    status::RESOLVED_EXCEPTION,
+                ]),
+            ),
+            Cond::Any(vec![
+                Cond::Time(Field::DUE, "<=", now + Duration::days(15)),
+                Cond::Time(Field::CREATED, "<=", now - Duration::days(20)),
+            ]),
+        ]),
+        RescanType::Exceptions => Cond::All(vec![
+            Cond::Eq(Field::STATUS, status_name(status::CLOSED_EXCEPTION)),
+            Cond::In(Field::aegis(field::CERF), cerfs.to_vec()),
+        ]),
+        RescanType::Scheduled => Cond::Any(vec![
+            selection(status_name, RescanType::Normal, now, cerfs),
+            selection(status_name, RescanType::Decommissioned, now, cerfs),
+        ]),
+    }
+}
+
 async fn run(ctx: JobContext) -> Result<(), JobError> {
     let p: Payload = ctx.payload()?;
     let kind = p.kind.unwrap_or(RescanType::Normal);
@@ -147,58 +206,27 @@ async fn run(ctx: JobContext) -> Result<(), JobError> {
     let method_of_discovery = scanner_sc.source.clone().unwrap_or_default();
     let scanner_source_id = scanner_sc.source_id.clone().unwrap_or_default();
     let engine = connect_jira(&ctx, jira_sc).await?;
-    let names = |ss: &[&str]| ss.iter().map(|s| engine.status_name(s)).collect::<Vec<_>>();
-    let base = engine
-        .query()
-        .eq(
-            Field::aegis(field::METHOD_OF_DISCOVERY),
-            method_of_discovery.clone(),
-        )
-        .contains(Field::aegis(field::ORG), org_code.clone());
     let now = Utc::now();
-    let q = match kind {
-        RescanType::Normal => base
-            .eq(
-                Field::STATUS,
-                engine.status_name(status::RESOLVED_REMEDIATED),
-            )
-            .order_by(Field::DUE, true),
-        RescanType::Decommissioned => base
-            .eq(
-                Field::STATUS,
-                engine.status_name(status::RESOLVED_DECOMMISSIONED),
-            )
-            .order_by(Field::DUE, true),
-        RescanType::Passive => base
-            .any_of(
-                Field::STATUS,
-                names(&[
-                    status::OPEN,
-                    status::IN_PROGRESS,
-                    status::REOPENED,
-                    status::RESOLVED_EXCEPTION,
-                ]),
-            )
-            .and(Cond::Any(vec![
-                Cond::Time(Field::DUE, "<=", now + Duration::days(15)),
-                Cond::Time(Field::CREATED, "<=", now - Duration::days(20)),
-            ]))
-            .order_by(Field::CREATED, true),
-        RescanType::Exceptions => {
-            let mut cerfs = exceptions_due(&ctx, &org_id).await?;
-            cerfs.extend(p.include_exceptions.clone().unwrap_or_default());
-            cerfs.sort();
-            cerfs.dedup();
-            if cerfs.is_empty() {
-                tracing::info!("EXCEPTIONS - no exception is due within 30 days and include_exceptions is empty: nothing to rescan");
-                return Ok(());
-            }
-            base.eq(Field::STATUS, engine.status_name(status::CLOSED_EXCEPTION))
-                .any_of(Field::aegis(field::CERF), cerfs)
-                .order_by(Field::CREATED, true)
+    let cerfs = if kind == RescanType::Exceptions {
+        let mut cerfs = exceptions_due(&ctx, &org_id).await?;
+        cerfs.extend(p.include_exceptions.clone().unwrap_or_default());
+        cerfs.sort();
+        cerfs.dedup();
+        if cerfs.is_empty() {
+            tracing::info!("EXCEPTIONS - no exception is due within 30 days and include_exceptions is empty: nothing to rescan");
+            return Ok(());
         }
-        RescanType::Scheduled => unreachable!("refused above"),
+        cerfs
+    } else {
+        Vec::new()
     };
+    let order = match kind {
+        RescanType::Normal | RescanType::Decommissioned => Field::DUE,
+        _ => Field::CREATED,
+    };
+    let q = base_query(&engine, &method_of_discovery, &org_code)
+        .and(selection(&|s| engine.status_name(s), kind, now, &cerfs))
+        .order_by(order, true);
     let tickets: Vec<Ticket> = engine
         .search(q)
         .try_collect()

@@ -68,9 +68,27 @@ pub struct ScanResults {
     pub dead: HashMap<String, String>,
 }
 
+/// A scan scheduled on the scanner, outside Aegis, that is running now.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ScheduledScan {
+    pub title: String,
+    /// The scanner's scan ID (Qualys: the scan reference).
+    pub reference: String,
+    pub launched: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 /// The scan operations of a scanner.
 pub trait ScanLauncher: Send + Sync {
     fn vendor(&self) -> Vendor;
+
+    /// The scans scheduled on the scanner that are running now (queued,
+    /// loading, running or paused), for ScanSyncJob's `scheduled_scans`.
+    /// `None`: this scanner's scheduled scans cannot be tracked.
+    fn running_scheduled_scans(
+        &self,
+    ) -> BoxFuture<'_, Result<Option<Vec<ScheduledScan>>, ScannerError>> {
+        Box::pin(async { Ok(None) })
+    }
 
     /// Launches the scans for `targets` (one per scanner group). Waits and
     /// retries, with bounded backoff, while the scanner's concurrent-scan limit

@@ -232,7 +232,9 @@ pub fn decide(kind: RescanType, ticket: &TicketState, ev: &Evidence, scan: &str)
     let closed = is_closed(&ticket.status);
     let detection = ev.detection.as_ref();
     let finding = detection.map(|d| &d.finding);
-    let dead_reported = ev.dead_proof.is_some() && !ticket.ip.trim().is_empty();
+    // SCHEDULED scans report no dead hosts (§4.5b): a dead report is not evidence there.
+    let dead_reported =
+        kind != RescanType::Scheduled && ev.dead_proof.is_some() && !ticket.ip.trim().is_empty();
     // AGENT devices are sometimes reported dead while alive: distrust that report.
     let dead_reported_likely = dead_reported && ev.tracking != Tracking::Agent;
     // Agent and EC2 host data is purged when the host dies: no data means dead.
@@ -330,20 +332,38 @@ pub fn decide(kind: RescanType, ticket: &TicketState, ev: &Evidence, scan: &str)
             }
             remediated_or(kind, ticket, detection, closed, scan)
         }
-        RescanType::Scheduled => {
-            if no_data_likely_dead {
-                return if ticket.ip.trim().is_empty() {
-                    Decision::Leave("device without data but the ticket has no IP".into())
-                } else {
-                    Decision::CloudDecommission(Some(cloud_comment(scan, "")))
-                };
-            }
-            match finding {
-                None | Some(Finding::Fixed) => close_remediated(detection, closed, scan),
-                Some(Finding::Vulnerable) => vulnerable(kind, ticket, detection, scan),
-                Some(other) => Decision::Leave(format!("unrecognized status {other:?}")),
-            }
-        }
+        RescanType::Scheduled => scheduled(ticket, detection, no_data_likely_dead, closed, scan),
+    }
+}
+
+/// The SCHEDULED table (§4.5b), after the coverage gate; first match wins:
+///
+/// | # | condition | decision |
+/// |---|---|---|
+/// | S1 | EC2/AGENT device with no detections at all | cloud-decommission route with comment (nothing without an IP) |
+/// | S2 | no detection, or `fixed` | Closed-Remediated (unless already closed) |
+/// | S3 | `vulnerable` | Reopened with the proof, only from Resolved-Remediated |
+/// | S4 | anything else, **including `potential`** | left, logged "unrecognized" |
+///
+/// Dead-host reports are not used (a scheduled scan's results have none).
+pub fn scheduled(
+    ticket: &TicketState,
+    detection: Option<&Detection>,
+    no_data_likely_dead: bool,
+    closed: bool,
+    scan: &str,
+) -> Decision {
+    if no_data_likely_dead {
+        return if ticket.ip.trim().is_empty() {
+            Decision::Leave("device without data but the ticket has no IP".into())
+        } else {
+            Decision::CloudDecommission(Some(cloud_comment(scan, "")))
+        };
+    }
+    match detection.map(|d| &d.finding) {
+        None | Some(Finding::Fixed) => close_remediated(detection, closed, scan),
+        Some(Finding::Vulnerable) => vulnerable(RescanType::Scheduled, ticket, detection, scan),
+        Some(other) => Decision::Leave(format!("unrecognized status {other:?}")),
     }
 }
 
@@ -691,6 +711,155 @@ mod tests {
         assert!(matches!(
             decide(Scheduled, &ticket("Open"), &no_data(Tracking::Agent), "s1"),
             Decision::CloudDecommission(Some(_))
+        ));
+    }
+
+    fn detection(finding: Finding) -> Detection {
+        found(finding).detection.expect("some")
+    }
+
+    #[test]
+    fn scheduled_s1_ec2_or_agent_device_without_data_goes_to_cloud_decommission() {
+        match scheduled(&ticket("Resolved-Remediated"), None, true, false, "s1") {
+            Decision::CloudDecommission(Some(c)) => {
+                assert!(
+                    c.contains("Scan [s1]") && c.contains("cloud decommission"),
+                    "{c}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        let no_ip = TicketState {
+            ip: " ".into(),
+            ..ticket("Open")
+        };
+        assert!(matches!(
+            scheduled(&no_ip, None, true, false, "s1"),
+            Decision::Leave(_)
+        ));
+        // Through the whole table: only EC2 and AGENT devices count as dead without data.
+        for tracking in [Tracking::Ec2, Tracking::Agent] {
+            assert!(matches!(
+                decide(Scheduled, &ticket("Open"), &no_data(tracking), "s1"),
+                Decision::CloudDecommission(Some(_))
+            ));
+        }
+        assert!(matches!(
+            decide(Scheduled, &ticket("Open"), &no_data(Tracking::Ip), "s1"),
+            Decision::ScanError(_)
+        ));
+    }
+
+    #[test]
+    fn scheduled_s2_absent_or_fixed_closes_remediated_unless_closed() {
+        for status in [
+            "Resolved-Remediated",
+            "Open",
+            "Reopened",
+            "Resolved-Decommissioned",
+        ] {
+            assert!(matches!(
+                scheduled(&ticket(status), None, false, false, "s1"),
+                Decision::CloseRemediated(r) if r.contains("Scan [Id: s1]")
+            ));
+            assert!(matches!(
+                scheduled(
+                    &ticket(status),
+                    Some(&detection(Finding::Fixed)),
+                    false,
+                    false,
+                    "s1"
+                ),
+                Decision::CloseRemediated(_)
+            ));
+        }
+        assert!(matches!(
+            scheduled(
+                &ticket("Closed-Remediated"),
+                Some(&detection(Finding::Fixed)),
+                false,
+                true,
+                "s1"
+            ),
+            Decision::Leave(_)
+        ));
+    }
+
+    #[test]
+    fn scheduled_s3_vulnerable_reopens_only_resolved_remediated_with_the_proof() {
+        match scheduled(
+            &ticket("Resolved-Remediated"),
+            Some(&detection(Finding::Vulnerable)),
+            false,
+            false,
+            "s1",
+        ) {
+            Decision::Reopen(c) => assert!(
+                c.starts_with("Remediation Failed\n\nPROOF:\nOpenSSL 1.0.2 found")
+                    && c.ends_with("Scan Id [Id: s1]"),
+                "{c}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        for status in [
+            "Open",
+            "Reopened",
+            "In-Progress",
+            "Resolved-Decommissioned",
+            "Closed-Exception",
+        ] {
+            assert!(
+                matches!(
+                    scheduled(
+                        &ticket(status),
+                        Some(&detection(Finding::Vulnerable)),
+                        false,
+                        false,
+                        "s1"
+                    ),
+                    Decision::Leave(_)
+                ),
+                "{status} is never reopened"
+            );
+        }
+    }
+
+    #[test]
+    fn scheduled_s4_potential_and_other_statuses_are_unrecognized() {
+        for f in [
+            Finding::Potential,
+            Finding::Informational,
+            Finding::DeadHost,
+            Finding::Other("exceptioned".into()),
+        ] {
+            assert!(
+                matches!(
+                    scheduled(&ticket("Resolved-Remediated"), Some(&detection(f.clone())), false, false, "s1"),
+                    Decision::Leave(r) if r.contains("unrecognized")
+                ),
+                "{f:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn scheduled_ignores_dead_host_reports() {
+        // A dead report does not pass the coverage gate, nor decommission the ticket.
+        let ev = Evidence {
+            device_has_detections: false,
+            ..dead()
+        };
+        assert!(matches!(
+            decide(Scheduled, &ticket("Resolved-Remediated"), &ev, "s1"),
+            Decision::ScanError(_)
+        ));
+        let ev = Evidence {
+            detection: Some(detection(Finding::Vulnerable)),
+            ..dead()
+        };
+        assert!(matches!(
+            decide(Scheduled, &ticket("Resolved-Remediated"), &ev, "s1"),
+            Decision::Reopen(_)
         ));
     }
 

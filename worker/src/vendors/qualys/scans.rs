@@ -15,7 +15,15 @@
 //!   once, and ScanSyncJob deletes those of scans that fail or are abandoned.
 //!
 //! These responses are small, so they are read whole and picked apart with
-//! [`blocks`] and [`tag`] rather than streamed.
+//! [`blocks`] and [`tag`] rather than streamed — except the list of running
+//! scheduled scans (a whole subscription's), read as a stream with
+//! [`XmlDoc`].
+//!
+//! Scheduled scans (`"scheduled": true` in the scan object, tracked by
+//! ScanSyncJob's `scheduled_scans`): found by exact title among the running
+//! ones (`scan/?action=list&type=Scheduled&state=Running,Paused,Queued,Loading`),
+//! polled like launched scans, and their results are every detection of their
+//! asset group(s), with no dead hosts and nothing to clean up.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -30,10 +38,12 @@ use tokio_util::sync::CancellationToken;
 use aegis_shared::model::source_config::{SourceConfig, Vendor};
 use aegis_shared::source_http::{RequestSpec, SourceClient};
 
+use super::xml::{XmlDoc, XmlEvent};
 use super::{detections, q, QualysScanner, GROUP_PATH};
 use crate::vendors::scanner::{spawn_stream, HostBatch, ScannerError};
 use crate::vendors::scans::{
     scan_field, LaunchReport, LaunchedScan, ScanKind, ScanLauncher, ScanResults, ScanTarget,
+    ScheduledScan,
 };
 
 const APPLIANCE_PATH: &str = "/api/2.0/fo/appliance/";
@@ -661,6 +671,37 @@ impl QualysScans {
         })
     }
 
+    /// A scheduled scan's results (spec §4.6): every Confirmed detection of its
+    /// asset group(s) (`groupId`, a comma list; `tag-` items select by tag), and
+    /// no dead hosts — the scan summary of a scan Aegis did not shape is not
+    /// trusted to decommission anything.
+    async fn scheduled_results(&self, scan: &Value) -> Result<ScanResults, ScannerError> {
+        let groups: Vec<String> = scan_field(scan, "groupId")
+            .split(',')
+            .map(|g| g.trim().to_string())
+            .filter(|g| !g.is_empty())
+            .collect();
+        let query =
+            detections::selection(&groups, self.scanner.kernel_filter, None).map_err(|reason| {
+                ScannerError::Config {
+                    source_config: self.sc().to_string(),
+                    reason: format!("scheduled scan {}: {reason}", scan_field(scan, "scanId")),
+                }
+            })?;
+        let scanner = self.scanner.clone();
+        let mut stream =
+            spawn_stream(move |tx| async move { detections::run(&scanner, query, tx).await });
+        let mut hosts = Vec::new();
+        while let Some(batch) = stream.next().await {
+            let batch: HostBatch = batch?;
+            hosts.extend(batch.hosts);
+        }
+        Ok(ScanResults {
+            hosts,
+            dead: HashMap::new(),
+        })
+    }
+
     async fn scan_row(&self, reference: &str) -> Result<String, ScannerError> {
         let doc = self
             .scanner
@@ -685,6 +726,11 @@ impl QualysScans {
     }
 }
 
+/// A scan object of a scan scheduled in Qualys (`"scheduled": true`).
+fn is_scheduled(scan: &Value) -> bool {
+    scan.get("scheduled").and_then(Value::as_bool) == Some(true)
+}
+
 /// Normalises a Qualys scan's STATE and PROCESSED flag.
 pub fn normalise(state: &str, processed: bool) -> String {
     let s = state.trim().to_ascii_lowercase();
@@ -697,9 +743,55 @@ pub fn normalise(state: &str, processed: bool) -> String {
     }
 }
 
+/// Reads the scans of a `SCAN_LIST_OUTPUT` as they arrive.
+async fn read_scan_list(doc: &mut XmlDoc) -> Result<Vec<ScheduledScan>, ScannerError> {
+    let mut out = Vec::new();
+    let mut scan = ScheduledScan::default();
+    loop {
+        match doc.next().await? {
+            XmlEvent::Start { name } if name == "SCAN" => scan = ScheduledScan::default(),
+            // Children of SCAN only: OPTION_PROFILE has a TITLE too.
+            XmlEvent::End { name, parent, text } if parent == "SCAN" => match name.as_str() {
+                "REF" => scan.reference = text,
+                "TITLE" => scan.title = text,
+                "LAUNCH_DATETIME" => scan.launched = super::xml::time(&text),
+                _ => {}
+            },
+            XmlEvent::End { name, .. } if name == "SCAN" => {
+                let s = std::mem::take(&mut scan);
+                if !s.reference.is_empty() {
+                    out.push(s);
+                }
+            }
+            XmlEvent::Done => return Ok(out),
+            _ => {}
+        }
+    }
+}
+
 impl ScanLauncher for QualysScans {
     fn vendor(&self) -> Vendor {
         Vendor::Qualys
+    }
+
+    fn running_scheduled_scans(
+        &self,
+    ) -> BoxFuture<'_, Result<Option<Vec<ScheduledScan>>, ScannerError>> {
+        Box::pin(async move {
+            let response = self
+                .scanner
+                .call(
+                    SCAN_PATH,
+                    &[
+                        q("action", "list"),
+                        q("type", "Scheduled"),
+                        q("state", "Running,Paused,Queued,Loading"),
+                    ],
+                )
+                .await?;
+            let mut doc = XmlDoc::open(response, self.sc(), SCAN_PATH, "SCAN_LIST_OUTPUT").await?;
+            Ok(Some(read_scan_list(&mut doc).await?))
+        })
     }
 
     fn launch<'a>(
@@ -767,6 +859,9 @@ impl ScanLauncher for QualysScans {
 
     fn results<'a>(&'a self, scan: &'a Value) -> BoxFuture<'a, Result<ScanResults, ScannerError>> {
         Box::pin(async move {
+            if is_scheduled(scan) {
+                return self.scheduled_results(scan).await;
+            }
             let reference = scan_field(scan, "scanId");
             let row = self.scan_row(reference).await?;
             let target = tag(&row, "TARGET").unwrap_or_default().replace(' ', "");
@@ -855,7 +950,13 @@ impl ScanLauncher for QualysScans {
     }
 
     fn clean_up<'a>(&'a self, scan: &'a Value) -> BoxFuture<'a, Result<(), ScannerError>> {
-        Box::pin(async move { self.delete_template(scan_field(scan, "templateId")).await })
+        Box::pin(async move {
+            if is_scheduled(scan) {
+                // Not Aegis's: a scheduled scan's profile belongs to its schedule.
+                return Ok(());
+            }
+            self.delete_template(scan_field(scan, "templateId")).await
+        })
     }
 }
 
