@@ -645,8 +645,8 @@ async fn malformed_xml_and_paging_loops_fail_the_job_and_leave_the_database_cons
 }
 
 #[tokio::test]
-async fn nexpose_sync_stores_vulnerabilities_and_detections_with_a_last_found() -> anyhow::Result<()>
-{
+async fn nexpose_sync_stores_detections_with_a_last_found_and_resyncs_only_assets_with_new_events(
+) -> anyhow::Result<()> {
     let sim = sim_with(Some(fixture()), EstateSpec::default()).await?;
     let f = fleet().await?;
     let o = org(&f, "NSYNC", Vendor::Nexpose, &sim.nexpose_url(), &["1"]).await?;
@@ -690,14 +690,70 @@ async fn nexpose_sync_stores_vulnerabilities_and_detections_with_a_last_found() 
         d.values().all(|v| v.0 == "vulnerable" && v.2),
         "Nexpose detections have a LastFound (the original left it NULL)"
     );
+    sim.clear_request_log();
     run_ok(&f, &o.asset_sync, None).await?;
     assert_eq!(
         detections(&f, &o.id).await?,
         d,
         "a Nexpose re-sync with nothing new changes no row"
     );
+    assert_eq!(
+        findings_requested(&sim),
+        BTreeSet::new(),
+        "no asset has an event since the last sync: no findings asked for"
+    );
+
+    // A scan of one host moves its history: only its findings are asked for.
+    sim.add_vulnerability("10.0.0.2".parse()?, 38742, 80, Proto::Tcp)?;
+    let http = reqwest::Client::new();
+    let scan: serde_json::Value = http
+        .post(format!("{}/api/3/sites/1/scans", sim.nexpose_url()))
+        .basic_auth("aegis", Some("aegis"))
+        .json(&json!({"hosts": ["10.0.0.2"]}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let id = scan["id"].as_u64().expect("scan id");
+    eventually("the Nexpose scan to finish", T, || {
+        let (http, url) = (http.clone(), sim.nexpose_url());
+        async move {
+            let s: serde_json::Value = http
+                .get(format!("{url}/api/3/scans/{id}"))
+                .basic_auth("aegis", Some("aegis"))
+                .send()
+                .await?
+                .json()
+                .await?;
+            Ok((s["status"] == "finished").then_some(()))
+        }
+    })
+    .await?;
+    sim.clear_request_log();
+    run_ok(&f, &o.asset_sync, None).await?;
+    assert_eq!(
+        findings_requested(&sim),
+        ["2".to_string()].into_iter().collect()
+    );
+    let after = detections(&f, &o.id).await?;
+    assert_eq!(after[&key("2", "sim-vuln-38742", 80)].0, "vulnerable");
+    assert_eq!(after.len(), d.len() + 1);
     sim.shutdown().await;
     Ok(())
+}
+
+/// The Nexpose assets whose findings were asked for since the log was cleared.
+fn findings_requested(sim: &Simulator) -> BTreeSet<String> {
+    sim.request_log()
+        .into_iter()
+        .filter_map(|e| {
+            e.path
+                .strip_prefix("/api/3/assets/")
+                .and_then(|p| p.strip_suffix("/vulnerabilities"))
+                .map(str::to_string)
+        })
+        .collect()
 }
 
 /// The `detection_updated_since` of each host list detection request since the log was cleared.

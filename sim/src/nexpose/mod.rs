@@ -230,11 +230,17 @@ fn asset_json(base: &str, estate: &Estate, nx: &NexposeState, idx: HostIdx) -> V
         }
     }
     let family = h.os.split_whitespace().next().unwrap_or("Unknown");
+    // The estate's first scan, an hour before the simulator started (as Qualys' base detections).
+    let first_scan = estate.generated_at - chrono::Duration::hours(1);
+    let mut history = vec![json!({"date": ts(first_scan), "type": "SCAN", "version": 1})];
+    if let Some(t) = nx.last_scanned.get(&idx) {
+        history.push(json!({"date": ts(*t), "type": "SCAN", "version": 2}));
+    }
     json!({
         "addresses": [{"ip": h.ip.to_string(), "mac": h.mac}],
         "assessedForPolicies": false,
         "assessedForVulnerabilities": true,
-        "history": [{"date": ts(estate.generated_at), "type": "SCAN", "version": 1}],
+        "history": history,
         "hostName": h.hostname,
         "hostNames": [{"name": h.hostname, "source": "dns"}],
         "id": h.nexpose_id,

@@ -84,6 +84,8 @@ pub struct NexposeState {
     pub scans: BTreeMap<u64, NexposeScan>,
     pub next_scan_id: u64,
     pub next_template: u64,
+    /// When a scan last assessed each host (the asset's latest `history` SCAN event).
+    pub last_scanned: HashMap<HostIdx, DateTime<Utc>>,
 }
 
 impl NexposeState {
@@ -145,6 +147,7 @@ impl NexposeState {
             scans: BTreeMap::new(),
             next_scan_id: 1,
             next_template: 1,
+            last_scanned: HashMap::new(),
         }
     }
 
@@ -247,6 +250,7 @@ impl NexposeState {
                     }
                 }
                 self.findings.insert(idx, map);
+                self.last_scanned.insert(idx, end);
             }
             if let Some(s) = self.scans.get_mut(&id) {
                 s.applied = true;

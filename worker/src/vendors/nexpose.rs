@@ -75,6 +75,17 @@ struct Asset {
     history: Vec<AssetEvent>,
 }
 
+impl Asset {
+    /// The asset's latest history event of any type (`None` when it has no
+    /// dated event: then it is always asked for its findings).
+    fn latest_event(&self) -> Option<DateTime<Utc>> {
+        self.history
+            .iter()
+            .filter_map(|e| e.date.as_deref().and_then(time))
+            .max()
+    }
+}
+
 #[derive(Deserialize)]
 struct AssetEvent {
     #[serde(default)]
@@ -352,6 +363,7 @@ impl NexposeScanner {
     async fn sync_sites(
         &self,
         sites: Vec<String>,
+        since: Option<DateTime<Utc>>,
         tx: mpsc::Sender<Result<HostBatch, ScannerError>>,
     ) -> Result<(), ScannerError> {
         let mut expected = 0u64;
@@ -373,6 +385,11 @@ impl NexposeScanner {
                     }
                     let expected = expected;
                     let tx = tx.clone();
+                    // Unchanged since the window: its findings are as stored.
+                    let assets: Vec<Asset> = assets
+                        .into_iter()
+                        .filter(|a| since.is_none_or(|s| a.latest_event().is_none_or(|t| t >= s)))
+                        .collect();
                     async move {
                         let mut hosts =
                             stream::iter(assets.into_iter().map(|a| self.asset_host(a)))
@@ -497,14 +514,21 @@ impl Scanner for NexposeScanner {
         Vendor::Nexpose
     }
 
+    /// Nexpose has no "changed since" filter on findings, but every asset
+    /// carries its `history` (scans, imports, exceptions applied or removed):
+    /// an asset with no event since the window is not asked for its findings.
+    fn detection_window(&self) -> bool {
+        true
+    }
+
     fn host_detections<'a>(
         &'a self,
         groups: &'a [String],
-        _since: Option<DateTime<Utc>>,
+        since: Option<DateTime<Utc>>,
     ) -> BoxStream<'a, Result<HostBatch, ScannerError>> {
         let scanner = self.clone();
         let sites = groups.to_vec();
-        spawn_stream(move |tx| async move { scanner.sync_sites(sites, tx).await })
+        spawn_stream(move |tx| async move { scanner.sync_sites(sites, since, tx).await })
     }
 
     /// Nexpose has no "changed since" filter: the whole knowledge base, always.
