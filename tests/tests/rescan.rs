@@ -573,13 +573,13 @@ async fn a_scan_that_never_finishes_is_abandoned_and_its_tickets_rescanned_later
         .fix_vulnerability(ip("10.0.0.1"), 38739, 443, Proto::Tcp)?;
     r.run("RescanQueueJob", None).await?;
     let scan: String = eventually("the scan to launch", T, || async {
-        Ok(
-            sqlx::query_as::<_, (String,)>("SELECT SourceKey FROM ScanSummary WHERE OrgID = ?")
-                .bind(&r.org)
-                .fetch_optional(r.f.pool())
-                .await?
-                .map(|(s,)| s),
+        Ok(sqlx::query_as::<_, (String,)>(
+            "SELECT SourceKey FROM ScanSummary WHERE OrgID = ? AND ScanStatus <> 'launching'",
         )
+        .bind(&r.org)
+        .fetch_optional(r.f.pool())
+        .await?
+        .map(|(s,)| s))
     })
     .await?;
     r.sim
@@ -768,6 +768,110 @@ async fn a_kill_9_during_scan_close_ends_with_every_ticket_in_the_right_state() 
 }
 
 #[tokio::test]
+async fn a_kill_9_between_launch_and_record_adopts_the_scan_instead_of_launching_a_second(
+) -> anyhow::Result<()> {
+    let mut r = rig(2).await?;
+    r.sync_and_ticket().await?;
+    let fixed = r.key("10.0.0.1", "38739");
+    let still = r.key("10.0.0.1", "38740");
+    for k in [&fixed, &still] {
+        r.sim.jira_transition(k, "Resolved-Remediated")?;
+    }
+    r.sim
+        .fix_vulnerability(ip("10.0.0.1"), 38739, 443, Proto::Tcp)?;
+    // Qualys starts the scan at once but holds its answer back: the worker is
+    // killed between the launch and its record.
+    let mut hold = aegis_sim::FaultSpec::new(
+        aegis_sim::Vendor::Qualys,
+        aegis_sim::FaultAction::ResponseLatency { ms: 60_000 },
+        1,
+    )
+    .on("/api/2.0/fo/scan/");
+    hold.method = Some("POST".into());
+    r.sim.inject_fault(hold);
+    let scans = |r: &Rig| {
+        r.sim.state_summary()["qualys"]["scans"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    r.run("RescanQueueJob", None).await?;
+    let (rescan, worker): (String, String) =
+        eventually("a scan launched but not recorded", T, || async {
+            let row: Option<(String, String)> = sqlx::query_as(
+                "SELECT h.ID, h.WorkerID FROM ScanSummary s JOIN JobHistory h ON h.ID = s.ParentJobId
+                  WHERE s.OrgID = ? AND s.ScanStatus = 'launching' AND h.StatusId = 2 AND h.WorkerID IS NOT NULL",
+            )
+            .bind(&r.org)
+            .fetch_optional(r.f.pool())
+            .await?;
+            Ok(row.filter(|_| scans(&r) == 1))
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", r.f.logs()))?;
+    let p =
+        r.f.processes
+            .iter()
+            .position(|p| p.name == worker)
+            .expect("the worker is ours");
+    r.f.processes[p].kill_9();
+    r.f.wait_status(&rescan, 3, Duration::from_secs(120))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", r.f.logs()))?;
+    let (attempt,): (i32,) = sqlx::query_as("SELECT Attempt FROM JobHistory WHERE ID = ?")
+        .bind(&rescan)
+        .fetch_one(r.f.pool())
+        .await?;
+    assert!(
+        attempt >= 2,
+        "the killed RescanJob ran again (attempt {attempt})"
+    );
+    assert!(
+        r.f.logs().contains("adopted for ticket(s)"),
+        "the retry adopted the scan:\n{}",
+        r.f.logs()
+    );
+    r.settle().await?;
+
+    assert_eq!(scans(&r), 1, "exactly one scan at the scanner");
+    assert_eq!(
+        r.count("SELECT COUNT(*) FROM ScanSummary WHERE OrgID = ?")
+            .await?,
+        1,
+        "exactly one ScanSummary"
+    );
+    assert_eq!(
+        r.count("SELECT COUNT(*) FROM ScanSummary WHERE OrgID = ? AND ScanStatus = 'finished' AND SourceKey LIKE 'scan/%'")
+            .await?,
+        1
+    );
+    assert_eq!(
+        r.status(&fixed),
+        "Closed-Remediated",
+        "{:?}",
+        r.comments(&fixed)
+    );
+    assert_eq!(r.status(&still), "Reopened");
+    let q = &r.sim.state_summary()["qualys"];
+    assert_eq!(q["option_profile_copies"], 0, "profile copy deleted: {q}");
+    assert_eq!(
+        q["search_lists"].as_array().map(Vec::len),
+        Some(0),
+        "search list deleted: {q}"
+    );
+    assert_eq!(
+        r.count("SELECT COUNT(*) FROM RescanLease WHERE OrganizationID = ?")
+            .await?,
+        0
+    );
+    assert!(
+        r.failed_jobs().await?.is_empty(),
+        "{:?}",
+        r.failed_jobs().await?
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn nexpose_rescans_close_reopen_and_confirm_a_dead_host_by_discovery() -> anyhow::Result<()> {
     let r = rig_with(2, Vendor::Nexpose).await?;
     r.sync_and_ticket().await?;
@@ -835,13 +939,13 @@ async fn the_concurrent_scan_limit_is_retried_up_to_a_bound_and_a_failed_launch_
     r.sim.jira_transition(&first, "Resolved-Remediated")?;
     r.run("RescanQueueJob", None).await?;
     let scan: String = eventually("the first scan to launch", T, || async {
-        Ok(
-            sqlx::query_as::<_, (String,)>("SELECT SourceKey FROM ScanSummary WHERE OrgID = ?")
-                .bind(&r.org)
-                .fetch_optional(r.f.pool())
-                .await?
-                .map(|(s,)| s),
+        Ok(sqlx::query_as::<_, (String,)>(
+            "SELECT SourceKey FROM ScanSummary WHERE OrgID = ? AND ScanStatus <> 'launching'",
         )
+        .bind(&r.org)
+        .fetch_optional(r.f.pool())
+        .await?
+        .map(|(s,)| s))
     })
     .await?;
     // The first scan holds the only slot.

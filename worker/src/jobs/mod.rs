@@ -11,6 +11,7 @@ pub mod asset_sync;
 pub mod bulk_update;
 pub mod diagnostic;
 pub mod exception;
+pub mod launch_intent;
 pub mod rescan;
 pub mod rescan_queue;
 pub mod scan_close;
@@ -162,3 +163,4 @@ impl Registry {
         n
     }
 }
+
