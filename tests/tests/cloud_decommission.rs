@@ -311,3 +311,72 @@ async fn a_dead_ec2_device_is_handed_to_one_cloud_decommission_job_and_not_again
     assert_eq!((status, attempt), (1, 0));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_group_that_skips_the_rescan_queue_hands_its_tickets_off_once_it_qualifies(
+) -> anyhow::Result<()> {
+    let r = rig().await?;
+    let ec2 = r.key("10.0.0.5");
+    r.sim.jira_transition(&ec2, "Resolved-Decommissioned")?;
+    sqlx::query(
+        "UPDATE AssetGroup SET RescanQueueSkip = 1 WHERE OrganizationID = ? AND GroupID = '42'",
+    )
+    .bind(&r.e.org_id)
+    .execute(r.f.pool())
+    .await?;
+    let cloud_rows = "SELECT COUNT(*) FROM JobHistory h JOIN Job j ON j.Id = h.JobId JOIN JobConfig c ON c.ID = h.ConfigID
+                       WHERE j.Struct = 'CloudDecommissionJob' AND c.OrganizationID = ?";
+
+    // Without its CloudDecommissionJob config the group does not qualify: the
+    // log says what is missing, nothing is handed off or queued.
+    sqlx::query("UPDATE JobConfig SET Active = 0 WHERE ID = ?")
+        .bind(&r.cloud_config)
+        .execute(r.f.pool())
+        .await?;
+    r.run("RescanQueueJob").await?;
+    assert_eq!(r.count(cloud_rows).await?, 0);
+    assert!(
+        r.f.logs().contains(
+            "group 42 does not hand dead IPs to cloud decommission: no CloudDecommissionJob JobConfig for organization CLOUD and cloud source AWS"
+        ),
+        "{}",
+        r.f.logs()
+    );
+    assert!(r.f.logs().contains("VULN-") && r.f.logs().contains("marked to skip the RSQ"));
+
+    sqlx::query("UPDATE JobConfig SET Active = 1 WHERE ID = ?")
+        .bind(&r.cloud_config)
+        .execute(r.f.pool())
+        .await?;
+    let rsq = r.run("RescanQueueJob").await?;
+    let rows: Vec<(Option<String>, String, Option<String>)> = sqlx::query_as(
+        "SELECT h.ParentJobId, h.CreatedBy, h.Payload FROM JobHistory h JOIN Job j ON j.Id = h.JobId
+          WHERE j.Struct = 'CloudDecommissionJob'",
+    )
+    .fetch_all(r.f.pool())
+    .await?;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        rows[0].0.as_deref(),
+        Some(rsq.as_str()),
+        "parent = the RescanQueueJob"
+    );
+    assert_eq!(rows[0].1, "RESCAN QUEUE JOB");
+    let payload: Value = serde_json::from_str(rows[0].2.as_deref().unwrap_or("{}"))?;
+    assert_eq!(payload["only_check_ips"], json!(["10.0.0.5"]));
+    assert_eq!(payload["only_reopen_tickets"], json!([ec2]));
+    assert_eq!(payload["decommission_on_stopped_state"], json!(true));
+
+    r.run("RescanQueueJob").await?;
+    assert_eq!(r.count(cloud_rows).await?, 1, "not handed off twice");
+    assert_eq!(
+        r.count(
+            "SELECT COUNT(*) FROM JobHistory h JOIN Job j ON j.Id = h.JobId JOIN JobConfig c ON c.ID = h.ConfigID
+              WHERE j.Struct = 'RescanJob' AND c.OrganizationID = ?"
+        )
+        .await?,
+        0,
+        "a skipped group is never rescanned"
+    );
+    Ok(())
+}
