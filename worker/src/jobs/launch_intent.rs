@@ -62,13 +62,13 @@ fn to_text(p: &ScanClosePayload) -> Result<String, String> {
 /// A RescanJob's journal: one `launching` ScanSummary row per scan about to
 /// be launched, remembered by the scan's unique name.
 pub struct IntentJournal {
-    pub pool: MySqlPool,
-    pub org_id: String,
-    pub source_id: String,
-    pub scanner_source_config_id: String,
-    pub job_id: String,
-    pub group: String,
-    pub kind: RescanType,
+    pool: MySqlPool,
+    org_id: String,
+    source_id: String,
+    scanner_source_config_id: String,
+    job_id: String,
+    group: String,
+    kind: RescanType,
     recorded: Mutex<HashMap<String, String>>,
 }
 
@@ -169,7 +169,7 @@ impl LaunchJournal for IntentJournal {
 }
 
 /// Adopts the scanner's scan of an intent, or deletes the intent's temporary
-/// objects and drops it. Returns the adopted scan's ID.
+/// objects and drops it. Returns the adopted scan's tickets.
 async fn adopt_or_drop(
     pool: &MySqlPool,
     launcher: &dyn ScanLauncher,
