@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use aegis_shared::broker::{self, JobMessage, Topology};
+use aegis_shared::model::job::NOT_DISPATCHED;
 use lapin::options::BasicPublishOptions;
 use lapin::publisher_confirm::Confirmation;
 use lapin::types::FieldTable;
@@ -99,8 +100,10 @@ pub async fn dispatch_due(
     if room == 0 {
         return Ok(Pass::default());
     }
-    // Candidates, read without locks, in queue order.
-    let candidates: Vec<Candidate> = sqlx::query_as(
+    // Candidates, read without locks, in queue order. Rows of jobs no worker
+    // implements stay pending, undispatched (`job::NOT_DISPATCHED`).
+    let not_dispatched = vec!["?"; NOT_DISPATCHED.len()].join(", ");
+    let sql = format!(
         "SELECT jh.ID, jh.ConfigID, jh.Priority, j.Struct, COALESCE(jc.MaxInstances, 0) AS MaxInstances, jh.TraceParent,
                 CAST(GREATEST(TIMESTAMPDIFF(MICROSECOND, COALESCE(jh.NotBefore, jh.CreatedDate), UTC_TIMESTAMP(3)), 0) / 1000 AS SIGNED) AS LagMs
            FROM JobHistory jh
@@ -110,12 +113,15 @@ pub async fn dispatch_due(
           WHERE jh.StatusId = 1 AND jh.DispatchedAt IS NULL
             AND (jh.NotBefore IS NULL OR jh.NotBefore <= UTC_TIMESTAMP(3))
             AND (jh.ConfigID IS NULL OR (jc.Active = 1 AND (o.ID IS NULL OR o.Active = 1)))
+            AND j.Struct NOT IN ({not_dispatched})
           ORDER BY jh.Priority, jh.CreatedDate
-          LIMIT ?",
-    )
-    .bind(room)
-    .fetch_all(pool)
-    .await?;
+          LIMIT ?"
+    );
+    let mut q = sqlx::query_as(&sql);
+    for name in NOT_DISPATCHED {
+        q = q.bind(name);
+    }
+    let candidates: Vec<Candidate> = q.bind(room).fetch_all(pool).await?;
     if candidates.is_empty() {
         return Ok(Pass::default());
     }

@@ -36,6 +36,10 @@ impl Vendor {
 pub enum FaultAction {
     /// Delay the response by `ms` milliseconds, then serve it normally.
     Latency { ms: u64 },
+    /// Serve the request at once (its effects happen), then hold the response
+    /// back for `ms` milliseconds: a client that gives up or dies meanwhile
+    /// never learns what it did (e.g. a scan launched but never recorded).
+    ResponseLatency { ms: u64 },
     /// Answer 429 with `Retry-After: retry_after_secs` and the vendor's error body.
     TooManyRequests { retry_after_secs: u64 },
     /// Answer `status` (500, 502, 503, …) with the vendor's error body.
@@ -58,6 +62,7 @@ impl FaultAction {
     pub fn name(&self) -> &'static str {
         match self {
             FaultAction::Latency { .. } => "latency",
+            FaultAction::ResponseLatency { .. } => "response_latency",
             FaultAction::TooManyRequests { .. } => "too_many_requests",
             FaultAction::ServerError { .. } => "server_error",
             FaultAction::ConnectionReset => "connection_reset",

@@ -105,10 +105,12 @@ async fn handle(
     let mut guard = ctx.journal.begin(vendor, &method, &path, req.uri().query());
     let mut mode = BodyMode::Pass;
     let mut early = None;
+    let mut hold = Duration::ZERO;
     for action in ctx.faults.take(vendor, &method, &path) {
         guard.add_fault(action.name());
         match action {
             FaultAction::Latency { ms } => tokio::time::sleep(Duration::from_millis(ms)).await,
+            FaultAction::ResponseLatency { ms } => hold += Duration::from_millis(ms),
             FaultAction::ConnectionReset => {
                 reset.store(true, Ordering::SeqCst);
                 guard.finish();
@@ -133,6 +135,9 @@ async fn handle(
         Some(r) => r,
         None => call(router, req).await,
     };
+    if !hold.is_zero() {
+        tokio::time::sleep(hold).await;
+    }
     guard.set_status(resp.status().as_u16());
     if !matches!(mode, BodyMode::Pass) {
         resp.headers_mut().remove(CONTENT_LENGTH);

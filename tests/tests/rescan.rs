@@ -573,13 +573,13 @@ async fn a_scan_that_never_finishes_is_abandoned_and_its_tickets_rescanned_later
         .fix_vulnerability(ip("10.0.0.1"), 38739, 443, Proto::Tcp)?;
     r.run("RescanQueueJob", None).await?;
     let scan: String = eventually("the scan to launch", T, || async {
-        Ok(
-            sqlx::query_as::<_, (String,)>("SELECT SourceKey FROM ScanSummary WHERE OrgID = ?")
-                .bind(&r.org)
-                .fetch_optional(r.f.pool())
-                .await?
-                .map(|(s,)| s),
+        Ok(sqlx::query_as::<_, (String,)>(
+            "SELECT SourceKey FROM ScanSummary WHERE OrgID = ? AND ScanStatus <> 'launching'",
         )
+        .bind(&r.org)
+        .fetch_optional(r.f.pool())
+        .await?
+        .map(|(s,)| s))
     })
     .await?;
     r.sim
@@ -767,6 +767,273 @@ async fn a_kill_9_during_scan_close_ends_with_every_ticket_in_the_right_state() 
     Ok(())
 }
 
+/// Scans at the simulator of the rig's scanner.
+fn sim_scans(r: &Rig, scanner: Vendor) -> usize {
+    let v = if scanner == Vendor::Nexpose {
+        "nexpose"
+    } else {
+        "qualys"
+    };
+    r.sim.state_summary()[v]["scans"]
+        .as_array()
+        .map_or(0, Vec::len)
+}
+
+/// Temporary scanner objects left: Qualys option profile copies + search
+/// lists, or Nexpose template copies.
+fn temporary_objects(r: &Rig, scanner: Vendor) -> u64 {
+    let state = r.sim.state_summary();
+    if scanner == Vendor::Nexpose {
+        state["nexpose"]["template_copies"].as_u64().unwrap_or(99)
+    } else {
+        state["qualys"]["option_profile_copies"]
+            .as_u64()
+            .unwrap_or(99)
+            + state["qualys"]["search_lists"]
+                .as_array()
+                .map_or(99, |l| l.len() as u64)
+    }
+}
+
+/// A NORMAL rescan of two Resolved-Remediated tickets of 10.0.0.1 (one fixed,
+/// one still vulnerable) whose launch call gets `action`; the worker running
+/// the RescanJob is killed once the launch intent is recorded and `launched`
+/// scans exist at the simulator. `max_attempts` caps the RescanJob's attempts.
+/// Returns the rig, the RescanJob ID and the (fixed, still vulnerable) tickets.
+async fn kill_mid_launch(
+    scanner: Vendor,
+    action: aegis_sim::FaultAction,
+    launched: usize,
+    max_attempts: Option<i32>,
+) -> anyhow::Result<(Rig, String, String, String)> {
+    let mut r = rig_with(2, scanner).await?;
+    r.sync_and_ticket().await?;
+    let (fixed, still) = if scanner == Vendor::Nexpose {
+        (
+            r.key("10.0.0.1", "sim-vuln-38739"),
+            r.key("10.0.0.1", "sim-vuln-38740"),
+        )
+    } else {
+        (r.key("10.0.0.1", "38739"), r.key("10.0.0.1", "38740"))
+    };
+    for k in [&fixed, &still] {
+        r.sim.jira_transition(k, "Resolved-Remediated")?;
+    }
+    r.sim
+        .fix_vulnerability(ip("10.0.0.1"), 38739, 443, Proto::Tcp)?;
+    let (vendor, endpoint) = if scanner == Vendor::Nexpose {
+        // POST /api/3/sites/{rescansite}/scans (a substring rule).
+        (aegis_sim::Vendor::Nexpose, "scans")
+    } else {
+        (aegis_sim::Vendor::Qualys, "/api/2.0/fo/scan/")
+    };
+    let mut fault = aegis_sim::FaultSpec::new(vendor, action, 1).on(endpoint);
+    fault.method = Some("POST".into());
+    r.sim.inject_fault(fault);
+    r.run("RescanQueueJob", None).await?;
+    let (rescan, worker): (String, String) =
+        eventually("a recorded launch waiting for the scanner", T, || async {
+            let row: Option<(String, String)> = sqlx::query_as(
+                "SELECT h.ID, h.WorkerID FROM ScanSummary s JOIN JobHistory h ON h.ID = s.ParentJobId
+                  WHERE s.OrgID = ? AND s.ScanStatus = 'launching' AND h.StatusId = 2 AND h.WorkerID IS NOT NULL",
+            )
+            .bind(&r.org)
+            .fetch_optional(r.f.pool())
+            .await?;
+            Ok(row.filter(|_| sim_scans(&r, scanner) == launched))
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", r.f.logs()))?;
+    if let Some(n) = max_attempts {
+        sqlx::query("UPDATE JobHistory SET MaxAttempts = ? WHERE ID = ?")
+            .bind(n)
+            .bind(&rescan)
+            .execute(r.f.pool())
+            .await?;
+    }
+    let p =
+        r.f.processes
+            .iter()
+            .position(|p| p.name == worker)
+            .expect("the worker is ours");
+    r.f.processes[p].kill_9();
+    Ok((r, rescan, fixed, still))
+}
+
+async fn assert_decided_and_clean(
+    r: &Rig,
+    scanner: Vendor,
+    fixed: &str,
+    still: &str,
+) -> anyhow::Result<()> {
+    assert_eq!(
+        r.status(fixed),
+        "Closed-Remediated",
+        "{:?}",
+        r.comments(fixed)
+    );
+    assert_eq!(r.status(still), "Reopened");
+    assert_eq!(
+        temporary_objects(r, scanner),
+        0,
+        "temporary scanner objects deleted: {}",
+        r.sim.state_summary()
+    );
+    assert_eq!(
+        r.count("SELECT COUNT(*) FROM RescanLease WHERE OrganizationID = ?")
+            .await?,
+        0
+    );
+    Ok(())
+}
+
+async fn attempts(r: &Rig, id: &str) -> anyhow::Result<i32> {
+    let (attempt,): (i32,) = sqlx::query_as("SELECT Attempt FROM JobHistory WHERE ID = ?")
+        .bind(id)
+        .fetch_one(r.f.pool())
+        .await?;
+    Ok(attempt)
+}
+
+async fn launched_but_not_recorded_is_adopted(scanner: Vendor) -> anyhow::Result<()> {
+    // The scanner starts the scan at once but holds its answer back.
+    let (r, rescan, fixed, still) = kill_mid_launch(
+        scanner,
+        aegis_sim::FaultAction::ResponseLatency { ms: 60_000 },
+        1,
+        None,
+    )
+    .await?;
+    r.f.wait_status(&rescan, 3, Duration::from_secs(120))
+        .await?;
+    let attempt = attempts(&r, &rescan).await?;
+    assert!(
+        attempt >= 2,
+        "the killed RescanJob ran again (attempt {attempt})"
+    );
+    assert!(
+        r.f.logs().contains("adopted for ticket(s)"),
+        "the retry adopted the scan:\n{}",
+        r.f.logs()
+    );
+    r.settle().await?;
+
+    assert_eq!(sim_scans(&r, scanner), 1, "exactly one scan at the scanner");
+    assert_eq!(
+        r.count("SELECT COUNT(*) FROM ScanSummary WHERE OrgID = ?")
+            .await?,
+        1,
+        "exactly one ScanSummary"
+    );
+    assert_eq!(
+        r.count("SELECT COUNT(*) FROM ScanSummary WHERE OrgID = ? AND ScanStatus = 'finished' AND SourceKey NOT LIKE 'launching:%'")
+            .await?,
+        1
+    );
+    assert_decided_and_clean(&r, scanner, &fixed, &still).await?;
+    assert!(
+        r.failed_jobs().await?.is_empty(),
+        "{:?}",
+        r.failed_jobs().await?
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_kill_9_between_launch_and_record_adopts_the_scan_instead_of_launching_a_second(
+) -> anyhow::Result<()> {
+    launched_but_not_recorded_is_adopted(Vendor::Qualys).await
+}
+
+#[tokio::test]
+async fn a_kill_9_between_nexpose_scan_start_and_record_adopts_the_scan() -> anyhow::Result<()> {
+    launched_but_not_recorded_is_adopted(Vendor::Nexpose).await
+}
+
+#[tokio::test]
+async fn a_kill_9_before_the_scanner_launched_lets_the_retry_launch_once_and_clean_up(
+) -> anyhow::Result<()> {
+    // The launch request never reaches the scanner's handler (the delay comes
+    // first, and outlives the test).
+    let (r, rescan, fixed, still) = kill_mid_launch(
+        Vendor::Qualys,
+        aegis_sim::FaultAction::Latency { ms: 600_000 },
+        0,
+        None,
+    )
+    .await?;
+    r.f.wait_status(&rescan, 3, Duration::from_secs(120))
+        .await?;
+    assert!(attempts(&r, &rescan).await? >= 2);
+    assert!(
+        r.f.logs().contains("was never launched"),
+        "the retry dropped the intent:\n{}",
+        r.f.logs()
+    );
+    r.settle().await?;
+    assert_eq!(
+        sim_scans(&r, Vendor::Qualys),
+        1,
+        "launched once, by the retry"
+    );
+    assert_eq!(
+        r.count("SELECT COUNT(*) FROM ScanSummary WHERE OrgID = ?")
+            .await?,
+        1
+    );
+    assert_decided_and_clean(&r, Vendor::Qualys, &fixed, &still).await
+}
+
+#[tokio::test]
+async fn an_orphaned_launch_intent_is_released_by_scan_sync_and_its_tickets_rescanned(
+) -> anyhow::Result<()> {
+    // One attempt only: nobody retries the RescanJob, ScanSyncJob settles its intent.
+    let (r, rescan, fixed, still) = kill_mid_launch(
+        Vendor::Qualys,
+        aegis_sim::FaultAction::Latency { ms: 600_000 },
+        0,
+        Some(1),
+    )
+    .await?;
+    r.f.wait_status(&rescan, 4, Duration::from_secs(120))
+        .await?;
+    let intents = "SELECT COUNT(*) FROM ScanSummary WHERE OrgID = ? AND ScanStatus = 'launching'";
+    assert_eq!(r.count(intents).await?, 1);
+    // Younger than launch_timeout: left alone, tickets still leased.
+    r.run("ScanSyncJob", Some(json!({"launch_timeout": 3600})))
+        .await?;
+    assert_eq!(r.count(intents).await?, 1);
+    assert_eq!(
+        r.count("SELECT COUNT(*) FROM RescanLease WHERE OrganizationID = ?")
+            .await?,
+        2
+    );
+    r.run("ScanSyncJob", Some(json!({"launch_timeout": 0})))
+        .await?;
+    assert_eq!(r.count(intents).await?, 0);
+    assert_eq!(
+        r.count("SELECT COUNT(*) FROM ScanSummary WHERE OrgID = ? AND ScanStatus = 'error'")
+            .await?,
+        1
+    );
+    assert!(r
+        .f
+        .logs()
+        .contains("abandoned: the scanner has no such scan"));
+    assert_eq!(
+        r.count("SELECT COUNT(*) FROM RescanLease WHERE OrganizationID = ?")
+            .await?,
+        0,
+        "tickets released"
+    );
+    assert_eq!(temporary_objects(&r, Vendor::Qualys), 0);
+    // The next queue run rescans them.
+    r.run("RescanQueueJob", None).await?;
+    r.settle().await?;
+    assert_eq!(sim_scans(&r, Vendor::Qualys), 1);
+    assert_decided_and_clean(&r, Vendor::Qualys, &fixed, &still).await
+}
+
 #[tokio::test]
 async fn nexpose_rescans_close_reopen_and_confirm_a_dead_host_by_discovery() -> anyhow::Result<()> {
     let r = rig_with(2, Vendor::Nexpose).await?;
@@ -835,13 +1102,13 @@ async fn the_concurrent_scan_limit_is_retried_up_to_a_bound_and_a_failed_launch_
     r.sim.jira_transition(&first, "Resolved-Remediated")?;
     r.run("RescanQueueJob", None).await?;
     let scan: String = eventually("the first scan to launch", T, || async {
-        Ok(
-            sqlx::query_as::<_, (String,)>("SELECT SourceKey FROM ScanSummary WHERE OrgID = ?")
-                .bind(&r.org)
-                .fetch_optional(r.f.pool())
-                .await?
-                .map(|(s,)| s),
+        Ok(sqlx::query_as::<_, (String,)>(
+            "SELECT SourceKey FROM ScanSummary WHERE OrgID = ? AND ScanStatus <> 'launching'",
         )
+        .bind(&r.org)
+        .fetch_optional(r.f.pool())
+        .await?
+        .map(|(s,)| s))
     })
     .await?;
     // The first scan holds the only slot.

@@ -23,6 +23,14 @@ pub const JOB_NAMES: [&str; 15] = [
     "DiagnosticJob",
 ];
 
+/// Jobs other jobs queue but no worker implements yet (CloudDecommissionJob:
+/// the cloud-inventory check is out of scope). The coordinator does not
+/// dispatch their rows, so they stay pending (StatusId 1, not dispatched) —
+/// listed by `aegis job list`, counted by the rescan loop's in-flight checks,
+/// cancellable with `StatusId = -1` — instead of being claimed and failed by
+/// a worker that cannot run them. Remove a name once a worker implements it.
+pub const NOT_DISPATCHED: [&str; 1] = ["CloudDecommissionJob"];
+
 /// A row of the `Job` table.
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct Job {

@@ -104,6 +104,23 @@ pub async fn set_scan(
     Ok(())
 }
 
+/// The tickets the job holds that are already in a scan (launched, or an
+/// intent to launch).
+pub async fn scanned_by(
+    pool: &MySqlPool,
+    org_id: &str,
+    job_id: &str,
+) -> Result<Vec<String>, ModelError> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT TicketKey FROM RescanLease WHERE OrganizationID = ? AND JobHistoryID = ? AND ScanSourceKey IS NOT NULL ORDER BY TicketKey",
+    )
+    .bind(org_id)
+    .bind(job_id)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|(k,)| k).collect())
+}
+
 /// Moves a scan's leases to the ScanCloseJob that will decide its tickets.
 pub async fn hand_to_close(
     tx: &mut Transaction<'_, MySql>,

@@ -3,6 +3,16 @@
 //! ScanClosePayload its ScanCloseJob will get. The status is written by
 //! ScanSyncJob; its move to a terminal status is a compare-and-set, so two
 //! ScanSyncJobs never queue two ScanCloseJobs for one scan.
+//!
+//! **Launch intents.** Before a RescanJob asks the scanner to start a scan it
+//! writes the scan's row in status [`LAUNCHING`], under a placeholder key
+//! (`launching:<uuid>`, see [`intent_key`]), with the scan object as far as it
+//! is known (its unique name, its temporary objects) and its tickets' leases
+//! pointing at that key. Once the scanner names the scan, [`confirm_intent`]
+//! rewrites the key to the scan's ID and the status to `queued` (leases too, same
+//! transaction). A worker killed in between leaves the intent behind, and
+//! whoever finds it (the job's retry, or ScanSyncJob once the job has ended)
+//! asks the scanner for a scan of that name and adopts it, or discards the intent.
 
 use chrono::{DateTime, Utc};
 use sqlx::{MySql, MySqlPool, Transaction};
@@ -87,6 +97,138 @@ pub async fn track(pool: &MySqlPool, s: &NewScanSummary<'_>) -> Result<bool, Mod
         }
         Err(e) => Err(e),
     }
+}
+
+/// Status of a launch intent: written before the launch call, not a scan yet.
+pub const LAUNCHING: &str = "launching";
+
+/// Prefix of an intent's placeholder SourceKey.
+pub const INTENT_PREFIX: &str = "launching:";
+
+/// A fresh placeholder key for a launch intent.
+pub fn intent_key() -> String {
+    format!("{INTENT_PREFIX}{}", uuid::Uuid::now_v7())
+}
+
+impl ScanSummary {
+    /// A launch intent (no scanner ID yet), not a scan to poll.
+    pub fn is_intent(&self) -> bool {
+        self.scan_status.as_deref() == Some(LAUNCHING)
+    }
+}
+
+/// Records a launch intent (status `launching`, `s.source_key` an [`intent_key`])
+/// and points the tickets' leases held by the job at it, in one transaction.
+pub async fn insert_intent(
+    pool: &MySqlPool,
+    s: &NewScanSummary<'_>,
+    tickets: &[String],
+) -> Result<(), ModelError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO ScanSummary (SourceId, OrgID, ScannerSourceConfigID, SourceKey, ScanStatus, ParentJobId, ScanClosePayload, CreatedDate)
+         VALUES (?, ?, ?, ?, 'launching', ?, ?, UTC_TIMESTAMP(3))",
+    )
+    .bind(s.source_id)
+    .bind(s.org_id)
+    .bind(s.scanner_source_config_id)
+    .bind(s.source_key)
+    .bind(s.parent_job_id)
+    .bind(s.payload)
+    .execute(&mut *tx)
+    .await?;
+    rescan_lease::set_scan(&mut tx, s.org_id, s.parent_job_id, s.source_key, tickets).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Turns an intent into the launched scan `scan_key` (status `queued`, its final
+/// ScanClosePayload) and moves its leases to that key, in one transaction.
+/// Returns false when the intent was already confirmed or discarded.
+pub async fn confirm_intent(
+    pool: &MySqlPool,
+    org_id: &str,
+    intent_key: &str,
+    scan_key: &str,
+    payload: &str,
+) -> Result<bool, ModelError> {
+    let mut tx = pool.begin().await?;
+    let r = sqlx::query(
+        "UPDATE ScanSummary SET SourceKey = ?, ScanStatus = 'queued', ScanClosePayload = ?, UpdatedDate = UTC_TIMESTAMP(3)
+          WHERE OrgID = ? AND SourceKey = ? AND ScanStatus = 'launching'",
+    )
+    .bind(scan_key)
+    .bind(payload)
+    .bind(org_id)
+    .bind(intent_key)
+    .execute(&mut *tx)
+    .await?;
+    if r.rows_affected() == 0 {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    sqlx::query(
+        "UPDATE RescanLease SET ScanSourceKey = ? WHERE OrganizationID = ? AND ScanSourceKey = ?",
+    )
+    .bind(scan_key)
+    .bind(org_id)
+    .bind(intent_key)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Forgets an intent whose scan was never launched: the row is deleted and its
+/// tickets' leases stay with their job, unscanned (the job may launch them
+/// again, or releases them when it ends).
+pub async fn discard_intent(
+    pool: &MySqlPool,
+    org_id: &str,
+    intent_key: &str,
+) -> Result<(), ModelError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "DELETE FROM ScanSummary WHERE OrgID = ? AND SourceKey = ? AND ScanStatus = 'launching'",
+    )
+    .bind(org_id)
+    .bind(intent_key)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE RescanLease SET ScanSourceKey = NULL WHERE OrganizationID = ? AND ScanSourceKey = ?",
+    )
+    .bind(org_id)
+    .bind(intent_key)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The launch intents a job left behind, oldest first.
+pub async fn intents_of_job(
+    pool: &MySqlPool,
+    org_id: &str,
+    job_id: &str,
+) -> Result<Vec<ScanSummary>, ModelError> {
+    Ok(sqlx::query_as(&format!(
+        "{SELECT} WHERE OrgID = ? AND ParentJobId = ? AND ScanStatus = 'launching' ORDER BY CreatedDate"
+    ))
+    .bind(org_id)
+    .bind(job_id)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Whether the job that wrote an intent may still resolve it itself (pending,
+/// running, or cancel-requested while running).
+pub async fn parent_is_live(pool: &MySqlPool, s: &ScanSummary) -> Result<bool, ModelError> {
+    let row: Option<(i32,)> = sqlx::query_as("SELECT StatusId FROM JobHistory WHERE ID = ?")
+        .bind(&s.parent_job_id)
+        .fetch_optional(pool)
+        .await?;
+    Ok(matches!(row, Some((1 | 2 | -1,))))
 }
 
 /// The unfinished scans of one scanner SourceConfig in an organization, oldest first.

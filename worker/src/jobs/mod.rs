@@ -9,8 +9,10 @@
 
 pub mod asset_sync;
 pub mod bulk_update;
+pub mod cloud_decom;
 pub mod diagnostic;
 pub mod exception;
+pub mod launch_intent;
 pub mod rescan;
 pub mod rescan_queue;
 pub mod scan_close;
@@ -189,5 +191,21 @@ impl Registry {
         let mut n: Vec<_> = self.jobs.keys().copied().collect();
         n.sort_unstable();
         n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_the_coordinator_does_not_dispatch_are_the_ones_no_worker_runs() {
+        let r = Registry::standard();
+        for name in aegis_shared::model::job::NOT_DISPATCHED {
+            assert!(
+                r.get(name).is_none(),
+                "{name} is implemented now: remove it from job::NOT_DISPATCHED"
+            );
+        }
     }
 }

@@ -8,19 +8,22 @@
 //! the payload's group); the scanner launches one scan per group (a discovery
 //! scan for DECOMMISSIONED), and each scan gets a ScanSummary row whose
 //! ScanClosePayload names its tickets, inserted in the transaction that records
-//! the scan on the tickets' leases. A ticket that cannot be scanned (no IP, an
+//! the scan on the tickets' leases. Each launch is recorded before the
+//! scanner is asked (a `launching` ScanSummary row, see [`launch_intent`]), so a
+//! retry after the worker died mid-launch adopts the scan the scanner started
+//! instead of launching a second one. A ticket that cannot be scanned (no IP, an
 //! IP outside every scannable group, a failed launch) is logged and its lease
 //! released, so the next RescanQueueJob may try it again; the rest of the
 //! batch goes ahead. No ticket is changed when a scan starts.
 
 use aegis_shared::model::rescan_lease;
-use aegis_shared::model::scan_summary::{self, NewScanSummary};
 use aegis_shared::model::source_config::SourceConfig;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::MySqlPool;
 
+use super::launch_intent::{self, IntentJournal};
 use super::scan_close::decision::RescanType;
 use super::{Job, JobContext, JobError};
 use crate::vendors::jira::JiraClient;
@@ -229,9 +232,31 @@ async fn run(ctx: &JobContext) -> Result<(), JobError> {
         });
     }
     let source_id = scanner_sc.source_id.clone().unwrap_or_default();
-    let (mut launched, mut failed_batches) = (0usize, Vec::new());
-    for batch in targets.chunks(BATCH) {
-        let report = launcher.launch(kind, batch, &ctx.cancel).await;
+    // An earlier attempt of this row may have died mid-launch: adopt the scans
+    // it started, and never launch again a ticket already in a scan of this job.
+    let adopted = launch_intent::resolve(ctx, &org_id, launcher.as_ref()).await?;
+    let in_scan: std::collections::HashSet<String> =
+        rescan_lease::scanned_by(&ctx.pool, &org_id, &ctx.history.id)
+            .await?
+            .into_iter()
+            .chain(adopted)
+            .collect();
+    if !in_scan.is_empty() {
+        tracing::info!(
+            "ticket(s) {} already in a scan of this job (earlier attempt)",
+            in_scan.iter().cloned().collect::<Vec<_>>().join(", ")
+        );
+        targets.retain(|t| !in_scan.contains(&t.ticket));
+    }
+    let journal = IntentJournal::new(ctx, &org_id, &source_id, &scanner_sc.id, &p.group, p.kind);
+    let (mut launched, mut failed_batches) = (usize::from(!in_scan.is_empty()), Vec::new());
+    for (n, batch) in targets.chunks(BATCH).enumerate() {
+        // Unique to this row, attempt and batch: the scanner can be asked later
+        // whether this very launch happened.
+        let tag = format!("{}:{}:{n}", ctx.history.id, ctx.attempt);
+        let report = launcher
+            .launch(kind, batch, &tag, &journal, &ctx.cancel)
+            .await;
         for (t, why) in &report.skipped {
             tracing::warn!(
                 "{} - ticket {} ({}) not rescanned: {why}",
@@ -248,33 +273,10 @@ async fn run(ctx: &JobContext) -> Result<(), JobError> {
             );
             failed_batches.push(why.clone());
         }
-        for scan in report.launched {
-            let keys: Vec<String> = scan.targets.iter().map(|t| t.ticket.clone()).collect();
-            let payload = ScanClosePayload {
-                group: p.group.clone(),
-                tickets: Some(keys.clone()),
-                kind: p.kind,
-                scan: scan.scan.clone(),
-                devices: Some(scan.targets.iter().map(|t| t.ip.clone()).collect()),
-                scan_id: scan.scan_id.clone(),
-            };
-            let text = serde_json::to_string(&payload).map_err(|e| JobError::Failed(e.into()))?;
-            let mut tx = ctx.pool.begin().await?;
-            scan_summary::insert(
-                &mut tx,
-                &NewScanSummary {
-                    source_id: &source_id,
-                    org_id: &org_id,
-                    scanner_source_config_id: &scanner_sc.id,
-                    source_key: &scan.scan_id,
-                    payload: &text,
-                    parent_job_id: &ctx.history.id,
-                },
-            )
-            .await?;
-            rescan_lease::set_scan(&mut tx, &org_id, &ctx.history.id, &scan.scan_id, &keys).await?;
-            tx.commit().await?;
+        for scan in &report.launched {
+            journal.confirm(scan).await?;
             launched += 1;
+            let keys: Vec<&str> = scan.targets.iter().map(|t| t.ticket.as_str()).collect();
             tracing::info!(
                 "{} scan {} launched for ticket(s) {}",
                 p.kind.as_str(),
@@ -282,6 +284,7 @@ async fn run(ctx: &JobContext) -> Result<(), JobError> {
                 keys.join(", ")
             );
         }
+        journal.discard_unlaunched().await?;
     }
     if launched == 0 && !failed_batches.is_empty() {
         return Err(JobError::Failed(anyhow::anyhow!(

@@ -21,6 +21,13 @@
 //! ticket already in a pending or running rescan, or in an unfinished scan, is
 //! never queued twice, whatever other RescanQueueJobs run at the same time.
 //!
+//! DECOMMISSIONED, for groups that qualify for cloud decommission (see
+//! `cloud_decom`): a ticket that cannot be rescanned now (its group skips the
+//! RSQ, an AGENT delay, already in a rescan) has its IP handed to one
+//! CloudDecommissionJob per group, parent = this row; a ticket whose IP is
+//! already in a pending or running CloudDecommissionJob is neither queued nor
+//! handed off again.
+//!
 //! Differences from the original: the exception list is the organization's
 //! own; an empty CERF list ends the EXCEPTIONS run at once (the original hung);
 //! the agent delay is measured from the ticket's last JIRA update, so it needs
@@ -36,6 +43,7 @@ use futures::future::BoxFuture;
 use futures::TryStreamExt;
 use serde::Deserialize;
 
+use super::cloud_decom;
 use super::rescan::{child_config, connect_jira, org, RescanPayload};
 use super::scan_close::decision::RescanType;
 use super::{Job, JobContext, JobError};
@@ -187,6 +195,25 @@ pub(crate) fn selection(
     }
 }
 
+/// Collects a ticket of a cloud-decommission group for the hand-off; false
+/// when its group is not one.
+fn collect_for_cloud(
+    to_cloud: &mut BTreeMap<String, Vec<(String, String)>>,
+    in_cloud: &HashMap<String, (String, String)>,
+    key: &str,
+) -> bool {
+    match in_cloud.get(key) {
+        Some((ip, group)) => {
+            to_cloud
+                .entry(group.clone())
+                .or_default()
+                .push((ip.clone(), key.to_string()));
+            true
+        }
+        None => false,
+    }
+}
+
 async fn run(ctx: JobContext) -> Result<(), JobError> {
     let p: Payload = ctx.payload()?;
     let kind = p.kind.unwrap_or(RescanType::Normal);
@@ -264,13 +291,43 @@ async fn run(ctx: JobContext) -> Result<(), JobError> {
         .map(|(g, _, s)| (g.as_str(), *s))
         .collect();
 
+    // DECOMMISSIONED: groups backed by a cloud inventory hand the IPs of the
+    // tickets they cannot rescan now (skipped, agent-delayed, already in a
+    // rescan) to a CloudDecommissionJob; an IP already in a pending one is in
+    // flight, neither queued nor handed off again.
+    let (cloud_groups, cloud_pending) = if kind == RescanType::Decommissioned {
+        (
+            cloud_decom::qualifying_groups(&ctx.pool, &org_id, &org_code, &scanner_sc.id).await?,
+            cloud_decom::pending_ips(&ctx.pool, &org_id).await?,
+        )
+    } else {
+        Default::default()
+    };
+    // Ticket → (IP, cloud group) of the tickets in cloud groups.
+    let mut in_cloud: HashMap<String, (String, String)> = HashMap::new();
+    let mut to_cloud: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+
     let mut by_group: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for t in &tickets {
-        if skip.get(t.field(field::GROUP_ID)).copied().unwrap_or(false) {
+        let ip = t.field(field::IP_ADDRESS).trim().to_string();
+        let jira_group = t.field(field::GROUP_ID).trim();
+        if cloud_groups.contains_key(jira_group) {
+            in_cloud.insert(t.key.clone(), (ip.clone(), jira_group.to_string()));
+        }
+        if in_cloud.contains_key(&t.key) && cloud_pending.contains(&ip) {
             tracing::info!(
-                "{prefix}skipping queuing {}: its group is marked to skip the RSQ",
+                "{prefix}ticket {}: IP {ip} is already in a pending CloudDecommissionJob; not queued",
                 t.key
             );
+            continue;
+        }
+        if skip.get(t.field(field::GROUP_ID)).copied().unwrap_or(false) {
+            if !collect_for_cloud(&mut to_cloud, &in_cloud, &t.key) {
+                tracing::info!(
+                    "{prefix}skipping queuing {}: its group is marked to skip the RSQ",
+                    t.key
+                );
+            }
             continue;
         }
         let device: Option<(Option<String>, Option<String>)> = sqlx::query_as(
@@ -293,11 +350,23 @@ async fn run(ctx: JobContext) -> Result<(), JobError> {
             tracing::warn!("{prefix}ticket {}: the device's group is not an asset group of scanner config {}; not queued", t.key, scanner_sc.id);
             continue;
         };
+        if !in_cloud.contains_key(&t.key) && cloud_groups.contains_key(group.as_str()) {
+            if cloud_pending.contains(&ip) {
+                tracing::info!(
+                    "{prefix}ticket {}: IP {ip} is already in a pending CloudDecommissionJob; not queued",
+                    t.key
+                );
+                continue;
+            }
+            in_cloud.insert(t.key.clone(), (ip.clone(), group.clone()));
+        }
         if allowed.get(group.as_str()).copied().unwrap_or(false) {
-            tracing::info!(
-                "{prefix}skipping queuing {}: group {group} is marked to skip the RSQ",
-                t.key
-            );
+            if !collect_for_cloud(&mut to_cloud, &in_cloud, &t.key) {
+                tracing::info!(
+                    "{prefix}skipping queuing {}: group {group} is marked to skip the RSQ",
+                    t.key
+                );
+            }
             continue;
         }
         if let (Some(delay), Some(updated)) =
@@ -313,13 +382,27 @@ async fn run(ctx: JobContext) -> Result<(), JobError> {
                     t.key,
                     updated + Duration::minutes(delay)
                 );
+                collect_for_cloud(&mut to_cloud, &in_cloud, &t.key);
                 continue;
             }
         }
         by_group.entry(group).or_default().push(t.key.clone());
     }
+    let cloud_caller = cloud_decom::Caller {
+        job_id: &ctx.history.id,
+        created_by: "RESCAN QUEUE JOB",
+        idempotency_key: None,
+    };
     if by_group.is_empty() {
-        return Ok(());
+        return cloud_decom::hand_off_groups(
+            &ctx.pool,
+            &org_id,
+            &cloud_groups,
+            to_cloud,
+            &cloud_caller,
+            &prefix,
+        )
+        .await;
     }
 
     match rescan_lease::reclaim_stale(&ctx.pool, &org_id).await {
@@ -341,6 +424,14 @@ async fn run(ctx: JobContext) -> Result<(), JobError> {
         let mut tx = ctx.pool.begin().await?;
         let won = rescan_lease::acquire(&mut tx, &org_id, &holder, kind.as_str(), &keys).await?;
         busy += keys.len() - won.len();
+        for key in keys.iter().filter(|k| !won.contains(k)) {
+            if let Some((ip, g)) = in_cloud.get(key) {
+                to_cloud
+                    .entry(g.clone())
+                    .or_default()
+                    .push((ip.clone(), key.clone()));
+            }
+        }
         if won.is_empty() {
             tx.rollback().await?;
             continue;
@@ -376,5 +467,13 @@ async fn run(ctx: JobContext) -> Result<(), JobError> {
         );
     }
     tracing::info!("{prefix}{queued} ticket(s) queued for rescan, {busy} already in a rescan");
-    Ok(())
+    cloud_decom::hand_off_groups(
+        &ctx.pool,
+        &org_id,
+        &cloud_groups,
+        to_cloud,
+        &cloud_caller,
+        &prefix,
+    )
+    .await
 }

@@ -30,6 +30,10 @@
 //!   on the scanner (best effort), marked `error`, its tickets released and its
 //!   temporary objects deleted — with a log naming the scan and its age.
 //! * anything else: the status is written and the scan polled again.
+//! * a launch intent (`launching`, no scanner ID yet) is not polled; once its
+//!   RescanJob has ended and it is older than `launch_timeout` (payload,
+//!   seconds, default 600) its scan is adopted if the scanner has it, or it is
+//!   marked `error` and its tickets released (`launch_intent::settle_orphan`).
 
 use aegis_shared::model::job_history::NewJob;
 use aegis_shared::model::scan_summary::{self, NewScanSummary, ScanSummary};
@@ -39,6 +43,7 @@ use futures::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::launch_intent;
 use super::rescan::{child_config, org, ScanClosePayload};
 use super::scan_close::decision::RescanType;
 use super::{Job, JobContext, JobError};
@@ -244,6 +249,11 @@ async fn run(ctx: JobContext) -> Result<(), JobError> {
     for s in &pending {
         if ctx.cancel.is_cancelled() {
             return Err(JobError::Cancelled);
+        }
+        if s.is_intent() {
+            // Not a scan yet: no scanner ID to poll (see launch_intent).
+            launch_intent::settle_orphan(&ctx, launcher.as_ref(), s).await;
+            continue;
         }
         if let Err(e) = sync_one(&ctx, launcher.as_ref(), s, close_config.as_deref(), timeout).await
         {

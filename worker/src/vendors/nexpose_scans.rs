@@ -34,7 +34,8 @@ use aegis_shared::source_http::{RequestSpec, SourceClient};
 use super::{Asset, NexposeScanner};
 use crate::vendors::scanner::{excerpt, ScannerError};
 use crate::vendors::scans::{
-    scan_field, LaunchReport, LaunchedScan, ScanKind, ScanLauncher, ScanResults, ScanTarget,
+    scan_field, unique_name, LaunchJournal, LaunchReport, LaunchedScan, ScanKind, ScanLauncher,
+    ScanResults, ScanTarget,
 };
 
 /// The Nexpose [`ScanLauncher`].
@@ -222,6 +223,8 @@ impl NexposeScans {
         kind: ScanKind,
         site: &str,
         targets: &[ScanTarget],
+        launch_tag: &str,
+        journal: &dyn LaunchJournal,
     ) -> Result<LaunchedScan, String> {
         let mut vulns: Vec<String> = targets.iter().map(|t| t.vuln_id.clone()).collect();
         vulns.sort();
@@ -259,13 +262,20 @@ impl NexposeScans {
             .copy_template(&base, checks)
             .await
             .map_err(|e| format!("copying template {base}: {e}"))?;
+        let assets: Vec<i64> = targets
+            .iter()
+            .filter_map(|t| t.asset_id.parse().ok())
+            .collect::<BTreeSet<i64>>()
+            .into_iter()
+            .collect();
         let started = async {
             let engine = self
                 .get(
                     "/api/3/sites/{id}/scan_engine",
                     &format!("/api/3/sites/{site}/scan_engine"),
                 )
-                .await?;
+                .await
+                .map_err(|e| format!("starting the scan: {e}"))?;
             let engine_id = match &engine["id"] {
                 Value::Number(n) => n.to_string(),
                 Value::String(s) => s.clone(),
@@ -274,11 +284,27 @@ impl NexposeScans {
             let mut ips: Vec<String> = targets.iter().map(|t| t.ip.clone()).collect();
             ips.sort();
             ips.dedup();
-            let name = scan_name(match kind {
-                ScanKind::Vulnerability => &self.scan_name_format,
-                ScanKind::Discovery => &self.discovery_name_format,
-            });
+            let name = unique_name(
+                &scan_name(match kind {
+                    ScanKind::Vulnerability => &self.scan_name_format,
+                    ScanKind::Discovery => &self.discovery_name_format,
+                }),
+                launch_tag,
+                site,
+            );
             let created = Utc::now();
+            let scan = json!({
+                "engineId": engine_id, "ips": ips, "assets": assets, "name": name,
+                "templateId": template, "groupId": site,
+                "vulnerabilities": vulns, "created": created.to_rfc3339(),
+                "discovery": kind == ScanKind::Discovery,
+            });
+            // Recorded before the start: a worker killed past this point leaves
+            // a trace naming the scan and its template copy.
+            journal
+                .record(&scan, targets)
+                .await
+                .map_err(|e| format!("recording the launch: {e}"))?;
             let body =
                 json!({"engineId": engine_id, "hosts": ips, "name": name, "templateId": template});
             let answer = self
@@ -289,7 +315,8 @@ impl NexposeScans {
                     Some(&body),
                     false,
                 )
-                .await?
+                .await
+                .map_err(|e| format!("starting the scan: {e}"))?
                 .unwrap_or(Value::Null);
             let id = match &answer["id"] {
                 Value::Number(n) => n
@@ -299,35 +326,25 @@ impl NexposeScans {
                 Value::String(s) => s.clone(),
                 _ => String::new(),
             };
-            Ok::<_, ScannerError>((id, engine_id, ips, name, created))
+            Ok::<_, String>((id, scan))
         }
         .await;
-        let (id, engine_id, ips, name, created) = match started {
+        let (id, mut scan) = match started {
             Ok(s) if !s.0.is_empty() => s,
             other => {
                 if let Err(e) = self.delete_template(&template).await {
                     tracing::warn!("could not delete Nexpose template {template}: {e}");
                 }
                 return Err(match other {
-                    Err(e) => format!("starting the scan: {e}"),
+                    Err(e) => e,
                     Ok(_) => "the scan start answer names no id".into(),
                 });
             }
         };
-        let assets: Vec<i64> = targets
-            .iter()
-            .filter_map(|t| t.asset_id.parse().ok())
-            .collect::<BTreeSet<i64>>()
-            .into_iter()
-            .collect();
+        scan["scanId"] = json!(id);
         Ok(LaunchedScan {
-            scan_id: id.clone(),
-            scan: json!({
-                "engineId": engine_id, "ips": ips, "assets": assets, "name": name,
-                "templateId": template, "scanId": id, "groupId": site,
-                "vulnerabilities": vulns, "created": created.to_rfc3339(),
-                "discovery": kind == ScanKind::Discovery,
-            }),
+            scan_id: id,
+            scan,
             targets: targets.to_vec(),
         })
     }
@@ -376,6 +393,8 @@ impl ScanLauncher for NexposeScans {
         &'a self,
         kind: ScanKind,
         targets: &'a [ScanTarget],
+        tag: &'a str,
+        journal: &'a dyn LaunchJournal,
         _cancel: &'a CancellationToken,
     ) -> BoxFuture<'a, LaunchReport> {
         Box::pin(async move {
@@ -400,12 +419,53 @@ impl ScanLauncher for NexposeScans {
                 }
             }
             for (site, ts) in by_site {
-                match self.launch_site(kind, &site, &ts).await {
+                match self.launch_site(kind, &site, &ts, tag, journal).await {
                     Ok(s) => report.launched.push(s),
                     Err(e) => report.failed.push((ts, e)),
                 }
             }
             report
+        })
+    }
+
+    fn find_launched<'a>(
+        &'a self,
+        recorded: &'a Value,
+    ) -> BoxFuture<'a, Result<Option<Value>, ScannerError>> {
+        Box::pin(async move {
+            let name = scan_field(recorded, "name");
+            if name.is_empty() {
+                return Ok(None);
+            }
+            // The rescan site's scans, by their unique name.
+            let path = format!("/api/3/sites/{}/scans", self.rescan_site);
+            let mut found: Option<String> = None;
+            self.scanner
+                .each_page(
+                    "/api/3/sites/{id}/scans",
+                    &path,
+                    |s: &Value| s["id"].to_string(),
+                    |scans: Vec<Value>, _| {
+                        found = found.take().or_else(|| {
+                            scans
+                                .iter()
+                                .find(|s| s["scanName"].as_str() == Some(name))
+                                .and_then(|s| match &s["id"] {
+                                    Value::Number(n) => n.as_u64().map(|n| n.to_string()),
+                                    Value::String(s) => Some(s.clone()),
+                                    _ => None,
+                                })
+                        });
+                        let more = found.is_none();
+                        async move { Ok(more) }
+                    },
+                )
+                .await?;
+            Ok(found.map(|id| {
+                let mut scan = recorded.clone();
+                scan["scanId"] = json!(id);
+                scan
+            }))
         })
     }
 

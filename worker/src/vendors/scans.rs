@@ -8,6 +8,15 @@
 //! returned (keys `name`, `scanId`, `templateId`, `groupId`, `engineId`,
 //! `created`, `scheduled`, as in the original), stored in the ScanSummary's
 //! ScanClosePayload under `scan`.
+//!
+//! **Launching is recorded before it happens.** A launcher gives every scan a
+//! name unique to the launch (it ends with the caller's `tag` and the group),
+//! creates the scan's temporary objects, then hands the scan object as it will
+//! be stored (everything but `scanId`) to the caller's [`LaunchJournal`], and
+//! only once that returned asks the scanner to start the scan. Whoever later
+//! finds a recorded scan without an ID (the launching worker was killed) asks
+//! [`ScanLauncher::find_launched`] whether the scanner has a scan of that name,
+//! and adopts it or cleans its temporary objects up.
 
 use std::collections::HashMap;
 
@@ -77,6 +86,19 @@ pub struct ScheduledScan {
     pub launched: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// Where the caller records a scan just before the launcher asks the scanner
+/// to start it.
+pub trait LaunchJournal: Send + Sync {
+    /// `scan` is the scan object without `scanId` (its `name` is unique,
+    /// `templateId` names its temporary objects); `targets` are its tickets.
+    /// An error stops that scan's launch (its temporary objects are deleted).
+    fn record<'a>(
+        &'a self,
+        scan: &'a Value,
+        targets: &'a [ScanTarget],
+    ) -> BoxFuture<'a, Result<(), String>>;
+}
+
 /// The scan operations of a scanner.
 pub trait ScanLauncher: Send + Sync {
     fn vendor(&self) -> Vendor;
@@ -90,15 +112,27 @@ pub trait ScanLauncher: Send + Sync {
         Box::pin(async { Ok(None) })
     }
 
-    /// Launches the scans for `targets` (one per scanner group). Waits and
-    /// retries, with bounded backoff, while the scanner's concurrent-scan limit
-    /// is reached; temporary objects of a failed launch are deleted.
+    /// Launches the scans for `targets` (one per scanner group), each named
+    /// with `tag` and its group, each recorded in `journal` before the launch
+    /// call. Waits and retries, with bounded backoff, while the scanner's
+    /// concurrent-scan limit is reached; temporary objects of a failed launch
+    /// are deleted.
     fn launch<'a>(
         &'a self,
         kind: ScanKind,
         targets: &'a [ScanTarget],
+        tag: &'a str,
+        journal: &'a dyn LaunchJournal,
         cancel: &'a CancellationToken,
     ) -> BoxFuture<'a, LaunchReport>;
+
+    /// The scan the scanner started for a recorded scan object (found by its
+    /// unique `name`, launched since its `created`), as a complete scan object,
+    /// or None when the scanner has no such scan.
+    fn find_launched<'a>(
+        &'a self,
+        recorded: &'a Value,
+    ) -> BoxFuture<'a, Result<Option<Value>, ScannerError>>;
 
     /// The normalised status (`queued`, `processing`, `paused`, `finished`,
     /// `error`, `stopped`, `canceled`, or the scanner's state lower-cased).
@@ -127,6 +161,12 @@ pub fn for_source(
             other.source_name()
         )),
     }
+}
+
+/// A scan's name: `base` followed by the launch's tag and the group, so the
+/// scanner can be asked later whether this very launch happened.
+pub fn unique_name(base: &str, tag: &str, group: &str) -> String {
+    format!("{base} [{tag}/{group}]")
 }
 
 /// The scan object's text field, `""` when missing.

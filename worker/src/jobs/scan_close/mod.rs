@@ -46,6 +46,7 @@ use futures::future::BoxFuture;
 use futures::TryStreamExt;
 
 use self::decision::{Decision, Evidence, Finding, RescanType, TicketState, Tracking};
+use super::cloud_decom;
 use super::rescan::{aegis_status, connect_jira, load_tickets, org, ScanClosePayload};
 use super::rescan_queue::{base_query, linked_children, selection};
 use super::ticket_sync::parse_service_port;
@@ -210,6 +211,10 @@ async fn run(ctx: JobContext) -> Result<(), JobError> {
 
     let mut decommissioned: HashSet<String> = HashSet::new();
     let mut failures = Vec::new();
+    // Whether the payload's group hands dead IPs to a CloudDecommissionJob.
+    let cloud =
+        cloud_decom::qualify(&ctx.pool, &org_id, &org_code, &p.group, &scanner_sc.id).await?;
+    let mut to_cloud: Vec<(String, String)> = Vec::new();
     let mut tracking_cache: HashMap<String, Tracking> = HashMap::new();
     for t in &tickets {
         let asset = t.field(field::DEVICE_ID).trim().to_string();
@@ -233,14 +238,20 @@ async fn run(ctx: JobContext) -> Result<(), JobError> {
             status: aegis_status(&engine, &t.status),
             ip: t.field(field::IP_ADDRESS).trim().to_string(),
         };
-        let ev = match evidence(t, &results, &by_asset, tracking, scan_created) {
+        let mut ev = match evidence(t, &results, &by_asset, tracking, scan_created) {
             Ok(ev) => ev,
             Err(why) => {
                 tracing::warn!("ticket {} left unchanged: {why}", t.key);
                 continue;
             }
         };
+        ev.cloud_decommission_group = cloud.is_ok();
         let d = decision::decide(p.kind, &state, &ev, &p.scan_id);
+        let routed = matches!(d, Decision::CloudDecommission(_));
+        if let (true, Err(missing)) = (routed, &cloud) {
+            tracing::warn!("ticket {}: the scan found its IP dead, but it cannot go to cloud decommission: {missing}; left unchanged", t.key);
+            continue;
+        }
         let outcome = apply(
             &ctx,
             &engine,
@@ -253,13 +264,18 @@ async fn run(ctx: JobContext) -> Result<(), JobError> {
             &mut decommissioned,
         )
         .await;
-        if let Err(e) = outcome {
-            tracing::error!("ticket {}: {e}", t.key);
-            failures.push(format!("{}: {e}", t.key));
+        match outcome {
+            Ok(()) if routed => to_cloud.push((state.ip.clone(), t.key.clone())),
+            Ok(()) => {}
+            Err(e) => {
+                tracing::error!("ticket {}: {e}", t.key);
+                failures.push(format!("{}: {e}", t.key));
+            }
         }
     }
 
     update_detections(&ctx, &org_id, &scanner_source_id, &results).await?;
+    cloud_decom::hand_off_from_close(&ctx, &org_id, &cloud, to_cloud).await?;
     if let Err(e) = launcher.clean_up(&p.scan).await {
         tracing::warn!(
             "scan {}: could not delete its temporary scanner objects: {e}",
@@ -655,12 +671,8 @@ async fn apply(
             }
             move_to(status::CLOSED_DECOMMISSION, c).await
         }
-        Decision::CloudDecommission(_) => {
-            tracing::warn!(
-                "ticket {}: the scan found its IP dead, but cloud decommission is not supported; left unchanged",
-                t.key
-            );
-            Ok(())
+        Decision::CloudDecommission(comment) => {
+            cloud_decom::comment_routed(engine, &t.key, comment.as_deref()).await
         }
     }
 }

@@ -42,8 +42,8 @@ use super::xml::{XmlDoc, XmlEvent};
 use super::{detections, q, QualysScanner, GROUP_PATH};
 use crate::vendors::scanner::{spawn_stream, HostBatch, ScannerError};
 use crate::vendors::scans::{
-    scan_field, LaunchReport, LaunchedScan, ScanKind, ScanLauncher, ScanResults, ScanTarget,
-    ScheduledScan,
+    scan_field, unique_name, LaunchJournal, LaunchReport, LaunchedScan, ScanKind, ScanLauncher,
+    ScanResults, ScanTarget, ScheduledScan,
 };
 
 const APPLIANCE_PATH: &str = "/api/2.0/fo/appliance/";
@@ -543,6 +543,8 @@ impl QualysScans {
         &self,
         kind: ScanKind,
         b: &Bundle,
+        launch_tag: &str,
+        journal: &dyn LaunchJournal,
         cancel: &CancellationToken,
     ) -> Result<LaunchedScan, String> {
         let (template, list) = match kind {
@@ -590,7 +592,11 @@ impl QualysScans {
         let mut ips: Vec<String> = b.targets.iter().map(|t| t.ip.clone()).collect();
         ips.sort();
         ips.dedup();
-        let name = fill(&self.settings.rescan_name_format, &Utc::now().to_rfc3339());
+        let name = unique_name(
+            &fill(&self.settings.rescan_name_format, &Utc::now().to_rfc3339()),
+            launch_tag,
+            &b.group,
+        );
         let mut query = vec![
             q("action", "launch"),
             q("scan_title", name.clone()),
@@ -604,6 +610,32 @@ impl QualysScans {
         }
         if b.network_id.parse::<i64>().unwrap_or(0) > 0 {
             query.push(q("ip_network_id", b.network_id.clone()));
+        }
+        let scan_object = |requested: chrono::DateTime<Utc>, reference: Option<&str>| {
+            let mut scan = json!({
+                "name": name,
+                "templateId": template_id,
+                "groupId": b.group,
+                "engineId": b.appliances,
+                // When the launch was requested: nothing this scan found can be older.
+                "created": requested.to_rfc3339(),
+                "scheduled": false,
+            });
+            if let Some(r) = reference {
+                scan["scanId"] = json!(r);
+            }
+            scan
+        };
+        // Recorded before the scanner is asked: a worker killed past this
+        // point leaves a trace that names the scan and its temporary objects.
+        if let Err(e) = journal
+            .record(&scan_object(Utc::now(), None), &b.targets)
+            .await
+        {
+            if let Err(c) = self.delete_template(&template_id).await {
+                tracing::warn!("could not delete option profile/search list {template_id}: {c}");
+            }
+            return Err(format!("recording the launch: {e}"));
         }
         let mut wait = self.settings.retry_first;
         let mut attempt = 0;
@@ -654,16 +686,7 @@ impl QualysScans {
                 return Err(e);
             }
         };
-        let scan = json!({
-            "name": name,
-            "scanId": reference,
-            "templateId": template_id,
-            "groupId": b.group,
-            "engineId": b.appliances,
-            // When the launch was requested: nothing this scan found can be older.
-            "created": requested.to_rfc3339(),
-            "scheduled": false,
-        });
+        let scan = scan_object(requested, Some(&reference));
         Ok(LaunchedScan {
             scan_id: reference,
             scan,
@@ -798,6 +821,8 @@ impl ScanLauncher for QualysScans {
         &'a self,
         kind: ScanKind,
         targets: &'a [ScanTarget],
+        tag: &'a str,
+        journal: &'a dyn LaunchJournal,
         cancel: &'a CancellationToken,
     ) -> BoxFuture<'a, LaunchReport> {
         Box::pin(async move {
@@ -836,12 +861,72 @@ impl ScanLauncher for QualysScans {
                 }
             }
             for b in bundles.values().filter(|b| !b.targets.is_empty()) {
-                match self.launch_bundle(kind, b, cancel).await {
+                match self.launch_bundle(kind, b, tag, journal, cancel).await {
                     Ok(s) => report.launched.push(s),
                     Err(e) => report.failed.push((b.targets.clone(), e)),
                 }
             }
             report
+        })
+    }
+
+    fn find_launched<'a>(
+        &'a self,
+        recorded: &'a Value,
+    ) -> BoxFuture<'a, Result<Option<Value>, ScannerError>> {
+        Box::pin(async move {
+            let name = scan_field(recorded, "name");
+            if name.is_empty() {
+                return Ok(None);
+            }
+            // The scan list has no title filter: list the scans launched since
+            // shortly before the recorded request and match the title exactly.
+            let since = chrono::DateTime::parse_from_rfc3339(scan_field(recorded, "created"))
+                .map(|t| t.with_timezone(&Utc))
+                .unwrap_or_else(|_| Utc::now() - chrono::Duration::days(2))
+                - chrono::Duration::minutes(10);
+            let doc = self
+                .scanner
+                .call_text(
+                    Method::POST,
+                    SCAN_PATH,
+                    &[
+                        q("action", "list"),
+                        q(
+                            "launched_after_datetime",
+                            since.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                        ),
+                    ],
+                    None,
+                    true,
+                )
+                .await?;
+            let found: Vec<(String, Option<String>)> = blocks(&doc, "SCAN")
+                .into_iter()
+                .filter(|row| tag(row, "TITLE").as_deref() == Some(name))
+                .filter_map(|row| {
+                    let reference = tag(row, "REF").filter(|r| r.contains("scan"))?;
+                    Some((reference, tag(row, "LAUNCH_DATETIME")))
+                })
+                .collect();
+            let Some((reference, launched)) = found.first().cloned() else {
+                return Ok(None);
+            };
+            if found.len() > 1 {
+                tracing::warn!(
+                    "{} Qualys scans are titled {name:?}; adopting {reference}",
+                    found.len()
+                );
+            }
+            let mut scan = recorded.clone();
+            scan["scanId"] = json!(reference);
+            if let Some(t) = launched
+                .as_deref()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            {
+                scan["created"] = json!(t.with_timezone(&Utc).to_rfc3339());
+            }
+            Ok(Some(scan))
         })
     }
 
