@@ -205,22 +205,7 @@ impl RigBuilder {
         }
         tx.commit().await?;
 
-        let list: Vec<Value> = reqwest::Client::new()
-            .get(format!("{}/rest/api/2/field", sim.jira_url()))
-            .basic_auth("aegis", Some("aegis"))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let fields = list
-            .iter()
-            .filter_map(|f| {
-                Some((
-                    f["name"].as_str()?.to_string(),
-                    f["id"].as_str()?.to_string(),
-                ))
-            })
-            .collect();
+        let fields = setup::jira_fields(&sim).await?;
         Ok(Rig {
             f,
             sim,
@@ -274,17 +259,7 @@ impl Rig {
     /// Inserts a pending run of `job`'s config (with `payload`, or the
     /// config's own); returns its JobHistory ID.
     pub async fn start(&self, job: &str, payload: Option<Value>) -> anyhow::Result<String> {
-        let id = uuid::Uuid::new_v4().to_string();
-        sqlx::query(
-            "INSERT INTO JobHistory (ID, JobId, ConfigID, StatusId, Priority, Payload)
-             SELECT ?, JobId, ID, 1, 0, COALESCE(?, Payload) FROM JobConfig WHERE ID = ?",
-        )
-        .bind(&id)
-        .bind(payload.map(|p| p.to_string()))
-        .bind(&self.configs[job])
-        .execute(self.f.pool())
-        .await?;
-        Ok(id)
+        self.f.start_config(&self.configs[job], payload).await
     }
 
     /// Starts `job` and waits for it to succeed.

@@ -1,6 +1,8 @@
 //! The organization, source-config and job-config rows most tests start from,
 //! so each test states only what differs (`NewSourceConfig { delay_ns: …,
-//! ..source(..) }`).
+//! ..source(..) }`), and the JIRA simulator's field map.
+
+use std::collections::HashMap;
 
 use aegis_shared::model::job_config::NewJobConfig;
 use aegis_shared::model::organization::{self, NewOrganization, OrgPayload, Organization};
@@ -63,4 +65,24 @@ pub fn job(job: &str, data_in: &str, data_out: &str, payload: Value) -> NewJobCo
         max_instances: 0,
         auto_start: false,
     }
+}
+
+/// The JIRA simulator's field IDs by field name (`GET /rest/api/2/field`).
+pub async fn jira_fields(sim: &aegis_sim::Simulator) -> anyhow::Result<HashMap<String, String>> {
+    let list: Vec<Value> = reqwest::Client::new()
+        .get(format!("{}/rest/api/2/field", sim.jira_url()))
+        .basic_auth("aegis", Some("aegis"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(list
+        .iter()
+        .filter_map(|f| {
+            Some((
+                f["name"].as_str()?.to_string(),
+                f["id"].as_str()?.to_string(),
+            ))
+        })
+        .collect())
 }

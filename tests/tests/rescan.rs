@@ -475,18 +475,10 @@ async fn a_kill_9_during_scan_close_ends_with_every_ticket_in_the_right_state() 
     .await
     .map_err(|e| anyhow::anyhow!("{e}\n{}", r.f.logs()))?;
     tokio::time::sleep(Duration::from_millis(1800)).await;
-    let p =
-        r.f.processes
-            .iter()
-            .position(|p| p.name == worker)
-            .expect("the worker is ours");
-    r.f.processes[p].kill_9();
+    r.f.kill_9(&worker);
     r.f.wait_status(&close, 3, Duration::from_secs(120)).await?;
     r.settle().await?;
-    let (attempt,): (i32,) = sqlx::query_as("SELECT Attempt FROM JobHistory WHERE ID = ?")
-        .bind(&close)
-        .fetch_one(r.f.pool())
-        .await?;
+    let attempt = attempts(&r, &close).await?;
     assert!(
         attempt >= 2,
         "the killed close ran again (attempt {attempt})"
@@ -586,12 +578,7 @@ async fn kill_mid_launch(
             .execute(r.f.pool())
             .await?;
     }
-    let p =
-        r.f.processes
-            .iter()
-            .position(|p| p.name == worker)
-            .expect("the worker is ours");
-    r.f.processes[p].kill_9();
+    r.f.kill_9(&worker);
     Ok((r, rescan, fixed, still))
 }
 
