@@ -261,15 +261,8 @@ impl Estate {
             &mut tx,
             &self.org_id,
             &NewJobConfig {
-                job_name: job.into(),
-                data_in: vec![data_in.into()],
-                data_out: vec![data_out.into()],
-                payload,
                 priority_override: None,
-                continuous: false,
-                wait_in_seconds: 0,
-                max_instances: 0,
-                auto_start: false,
+                ..crate::setup::job(job, data_in, data_out, payload)
             },
             "test",
         )

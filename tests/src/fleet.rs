@@ -145,6 +145,16 @@ impl Fleet {
         self.spawn("aegis-worker", &[])
     }
 
+    /// SIGKILLs the fleet's process `name` (as a JobHistory row's WorkerID
+    /// names it); panics when the fleet has no such process.
+    pub fn kill_9(&mut self, name: &str) {
+        self.processes
+            .iter_mut()
+            .find(|p| p.name == name)
+            .expect("the worker is ours")
+            .kill_9();
+    }
+
     /// Inserts a DiagnosticJob row the way an operator would.
     pub async fn insert_diagnostic(&self, payload: &str, priority: i32) -> anyhow::Result<String> {
         let id = uuid::Uuid::new_v4().to_string();
@@ -155,6 +165,26 @@ impl Fleet {
         .bind(&id)
         .bind(priority)
         .bind(payload)
+        .execute(self.pool())
+        .await?;
+        Ok(id)
+    }
+
+    /// Inserts a pending run of a job config (with `payload`, or the config's
+    /// own) the way an operator would; returns its JobHistory ID.
+    pub async fn start_config(
+        &self,
+        config: &str,
+        payload: Option<serde_json::Value>,
+    ) -> anyhow::Result<String> {
+        let id = uuid::Uuid::new_v4().to_string();
+        sqlx::query(
+            "INSERT INTO JobHistory (ID, JobId, ConfigID, StatusId, Priority, Payload)
+             SELECT ?, JobId, ID, 1, 0, COALESCE(?, Payload) FROM JobConfig WHERE ID = ?",
+        )
+        .bind(&id)
+        .bind(payload.map(|p| p.to_string()))
+        .bind(config)
         .execute(self.pool())
         .await?;
         Ok(id)

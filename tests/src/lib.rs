@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 pub mod estate;
 pub mod fleet;
 pub mod otlp;
+pub mod rescan_rig;
 pub mod setup;
 
 use aegis_shared::db;

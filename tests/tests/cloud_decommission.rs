@@ -8,16 +8,9 @@
 //!
 //! Run `cargo build --workspace --bins` first.
 
-use std::net::Ipv4Addr;
-use std::time::Duration;
-
-use aegis_sim::{ScanTiming, SimConfig, Simulator, WorldFixture};
-use aegis_tests::estate::{start_job, Estate};
-use aegis_tests::eventually;
-use aegis_tests::fleet::Fleet;
+use aegis_sim::WorldFixture;
+use aegis_tests::rescan_rig::{ip, Rig, RigBuilder, Side};
 use serde_json::{json, Value};
-
-const T: Duration = Duration::from_secs(90);
 
 /// An EC2 instance and an on-premises host, both in Qualys asset group 42.
 fn fixture() -> WorldFixture {
@@ -36,136 +29,21 @@ fn fixture() -> WorldFixture {
     .expect("fixture")
 }
 
-struct Rig {
-    f: Fleet,
-    sim: Simulator,
-    e: Estate,
-    cloud_config: String,
-}
-
-impl Rig {
-    /// Runs the organization's config of `job` with its own payload, and waits for success.
-    async fn run(&self, job: &str) -> anyhow::Result<String> {
-        let (config, payload): (String, Option<String>) = sqlx::query_as(
-            "SELECT jc.ID, jc.Payload FROM JobConfig jc JOIN Job j ON j.Id = jc.JobId WHERE jc.OrganizationID = ? AND j.Struct = ?",
+/// The rig (one worker, DECOMMISSIONED rescans), an AWS SourceConfig with a
+/// CloudDecommissionJob config, and asset group 42 backed by AWS once
+/// AssetSyncJob has written it. Returns the rig and the
+/// CloudDecommissionJob config's ID.
+async fn rig() -> anyhow::Result<(Rig, String)> {
+    let mut r = RigBuilder::new("CLOUD", fixture())
+        .workers(1)
+        .job(
+            "RescanQueueJob",
+            Side::Jira,
+            Side::Scanner,
+            json!({"type": "DECOMMISSIONED"}),
         )
-        .bind(&self.e.org_id)
-        .bind(job)
-        .fetch_one(self.f.pool())
+        .build()
         .await?;
-        let payload: Value = serde_json::from_str(payload.as_deref().unwrap_or("{}"))?;
-        let id = start_job(self.f.pool(), &config, &payload).await?;
-        self.f
-            .wait_status(&id, 3, T)
-            .await
-            .map_err(|e| anyhow::anyhow!("{job}: {e}\n{}", self.f.logs()))?;
-        Ok(id)
-    }
-
-    async fn count(&self, sql: &str) -> anyhow::Result<i64> {
-        let (n,): (i64,) = sqlx::query_as(sql)
-            .bind(&self.e.org_id)
-            .fetch_one(self.f.pool())
-            .await?;
-        Ok(n)
-    }
-
-    /// Polls scans (ScanSyncJob) until none is unfinished and no rescan job is pending or running.
-    async fn settle(&self) -> anyhow::Result<()> {
-        eventually("the rescan loop to settle", T, || async {
-            let busy = self
-                .count(
-                    "SELECT COUNT(*) FROM JobHistory h JOIN JobConfig c ON c.ID = h.ConfigID JOIN Job j ON j.Id = h.JobId
-                      WHERE c.OrganizationID = ? AND j.Struct IN ('RescanQueueJob', 'RescanJob', 'ScanCloseJob') AND h.StatusId IN (1, 2)",
-                )
-                .await?;
-            let unfinished = self
-                .count("SELECT COUNT(*) FROM ScanSummary WHERE OrgID = ? AND ScanStatus NOT IN ('finished', 'canceled', 'stopped', 'error')")
-                .await?;
-            if busy == 0 && unfinished == 0 {
-                return Ok(Some(()));
-            }
-            if unfinished > 0 {
-                self.run("ScanSyncJob").await?;
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            Ok(None)
-        })
-        .await
-    }
-
-    /// The JIRA key of the ticket of `ip`.
-    fn key(&self, ip: &str) -> String {
-        let state = self.sim.state_summary();
-        state["jira"]["issues"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|i| i["key"].as_str())
-            .find(|k| {
-                self.sim
-                    .jira_issue(k)
-                    .is_some_and(|i| i.to_string().contains(&format!("\"{ip}\"")))
-            })
-            .unwrap_or_else(|| panic!("no ticket for {ip}"))
-            .to_string()
-    }
-
-    fn comments(&self, key: &str) -> String {
-        let state = self.sim.state_summary();
-        state["jira"]["issues"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|i| i["key"] == key)
-            .and_then(|i| i["comments"].as_array().cloned())
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|c| c.as_str().map(str::to_string))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
-
-/// The organization (JIRA and Qualys simulators), the rescan jobs' configs,
-/// an AWS SourceConfig with a CloudDecommissionJob config, and asset group 42
-/// backed by AWS once AssetSyncJob has written it.
-async fn rig() -> anyhow::Result<Rig> {
-    let sim = Simulator::start(SimConfig {
-        fixture: Some(fixture()),
-        scan_timing: ScanTiming::fast(),
-        ..Default::default()
-    })
-    .await?;
-    let mut f = Fleet::new().await?;
-    f.coordinator()?;
-    f.worker()?;
-    let pool = f.pool().clone();
-    let suggested = sim.source_configs();
-    let e = Estate::create(&pool, "CLOUD", &suggested["jira"], (0, 8, 2)).await?;
-    let mut qualys = suggested["qualys"]["payload"]
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
-    qualys.insert("groups".into(), json!([42]));
-    sqlx::query("UPDATE SourceConfig SET Address = ?, Payload = ? WHERE ID = ?")
-        .bind(sim.qualys_url().to_string())
-        .bind(Value::Object(qualys).to_string())
-        .bind(&e.scanner_sc)
-        .execute(&pool)
-        .await?;
-    let (q, j) = (e.scanner_sc.clone(), e.jira_sc.clone());
-    for (job, din, dout, payload) in [
-        ("VulnSyncJob", &q, &q, json!({})),
-        ("AssetSyncJob", &q, &q, json!({"groups": ["42"]})),
-        ("TicketingJob", &q, &j, json!({})),
-        ("RescanQueueJob", &j, &q, json!({"type": "DECOMMISSIONED"})),
-        ("RescanJob", &q, &j, json!({})),
-        ("ScanSyncJob", &q, &q, json!({})),
-        ("ScanCloseJob", &q, &j, json!({})),
-    ] {
-        e.job_config(&pool, job, din, dout, payload).await?;
-    }
     // AWS: a cloud SourceConfig (an operator's SQL: no AWS integration yet)
     // and the CloudDecommissionJob config that uses it.
     let aws = uuid::Uuid::new_v4().to_string();
@@ -174,57 +52,45 @@ async fn rig() -> anyhow::Result<Rig> {
          SELECT ?, 'AWS', ID, ?, '', '{}', '{}' FROM Source WHERE Source = 'AWS'",
     )
     .bind(&aws)
-    .bind(&e.org_id)
-    .execute(&pool)
+    .bind(&r.org)
+    .execute(r.f.pool())
     .await?;
-    let cloud_config = e
+    let jira = r.jira_sc.clone();
+    let cloud_config = r
         .job_config(
-            &pool,
             "CloudDecommissionJob",
             &aws,
-            &j,
+            &jira,
             json!({"decommission_on_stopped_state": true}),
         )
         .await?;
-    let r = Rig {
-        f,
-        sim,
-        e,
-        cloud_config,
-    };
-    r.run("VulnSyncJob").await?;
-    r.run("AssetSyncJob").await?;
-    r.run("TicketingJob").await?;
+    r.sync_and_ticket().await?;
     sqlx::query(
         "UPDATE AssetGroup SET CloudSourceID = (SELECT ID FROM Source WHERE Source = 'AWS')
           WHERE OrganizationID = ? AND GroupID = '42'",
     )
-    .bind(&r.e.org_id)
+    .bind(&r.org)
     .execute(r.f.pool())
     .await?;
-    Ok(r)
+    Ok((r, cloud_config))
 }
 
 /// ConfigID, StatusId, ParentJobId, Payload, CreatedBy, dispatched.
 type CloudRow = (String, i32, Option<String>, Option<String>, String, bool);
 
-fn ip(s: &str) -> Ipv4Addr {
-    s.parse().expect("ip")
-}
-
 #[tokio::test]
 async fn a_dead_ec2_device_is_handed_to_one_cloud_decommission_job_and_not_again(
 ) -> anyhow::Result<()> {
-    let r = rig().await?;
-    let ec2 = r.key("10.0.0.5");
-    let rack = r.key("10.0.0.6");
+    let (r, cloud_config) = rig().await?;
+    let ec2 = r.key("10.0.0.5", "38739");
+    let rack = r.key("10.0.0.6", "38739");
     for k in [&ec2, &rack] {
         r.sim.jira_transition(k, "Resolved-Decommissioned")?;
     }
     r.sim.kill_host(ip("10.0.0.5"))?;
     r.sim.kill_host(ip("10.0.0.6"))?;
 
-    r.run("RescanQueueJob").await?;
+    r.run("RescanQueueJob", None).await?;
     r.settle().await?;
 
     // The on-premises host is decommissioned by the scanner's word; the EC2
@@ -248,7 +114,7 @@ async fn a_dead_ec2_device_is_handed_to_one_cloud_decommission_job_and_not_again
         "SELECT h.ID FROM JobHistory h JOIN Job j ON j.Id = h.JobId JOIN JobConfig c ON c.ID = h.ConfigID
           WHERE j.Struct = 'ScanCloseJob' AND c.OrganizationID = ?",
     )
-    .bind(&r.e.org_id)
+    .bind(&r.org)
     .fetch_one(r.f.pool())
     .await?;
     let rows: Vec<CloudRow> = sqlx::query_as(
@@ -259,7 +125,7 @@ async fn a_dead_ec2_device_is_handed_to_one_cloud_decommission_job_and_not_again
     .await?;
     assert_eq!(rows.len(), 1, "exactly one CloudDecommissionJob: {rows:?}");
     let (config, status, parent, payload, created_by, dispatched) = rows[0].clone();
-    assert_eq!(config, r.cloud_config);
+    assert_eq!(config, cloud_config);
     assert_eq!(status, 1, "pending: no worker implements it");
     assert_eq!(
         parent.as_deref(),
@@ -279,7 +145,7 @@ async fn a_dead_ec2_device_is_handed_to_one_cloud_decommission_job_and_not_again
     );
 
     // The next DECOMMISSIONED run: the IP is in flight in the pending job.
-    r.run("RescanQueueJob").await?;
+    r.run("RescanQueueJob", None).await?;
     assert_eq!(
         r.count(
             "SELECT COUNT(*) FROM JobHistory h JOIN Job j ON j.Id = h.JobId JOIN JobConfig c ON c.ID = h.ConfigID
@@ -315,13 +181,13 @@ async fn a_dead_ec2_device_is_handed_to_one_cloud_decommission_job_and_not_again
 #[tokio::test]
 async fn a_group_that_skips_the_rescan_queue_hands_its_tickets_off_once_it_qualifies(
 ) -> anyhow::Result<()> {
-    let r = rig().await?;
-    let ec2 = r.key("10.0.0.5");
+    let (r, cloud_config) = rig().await?;
+    let ec2 = r.key("10.0.0.5", "38739");
     r.sim.jira_transition(&ec2, "Resolved-Decommissioned")?;
     sqlx::query(
         "UPDATE AssetGroup SET RescanQueueSkip = 1 WHERE OrganizationID = ? AND GroupID = '42'",
     )
-    .bind(&r.e.org_id)
+    .bind(&r.org)
     .execute(r.f.pool())
     .await?;
     let cloud_rows = "SELECT COUNT(*) FROM JobHistory h JOIN Job j ON j.Id = h.JobId JOIN JobConfig c ON c.ID = h.ConfigID
@@ -330,10 +196,10 @@ async fn a_group_that_skips_the_rescan_queue_hands_its_tickets_off_once_it_quali
     // Without its CloudDecommissionJob config the group does not qualify: the
     // log says what is missing, nothing is handed off or queued.
     sqlx::query("UPDATE JobConfig SET Active = 0 WHERE ID = ?")
-        .bind(&r.cloud_config)
+        .bind(&cloud_config)
         .execute(r.f.pool())
         .await?;
-    r.run("RescanQueueJob").await?;
+    r.run("RescanQueueJob", None).await?;
     assert_eq!(r.count(cloud_rows).await?, 0);
     assert!(
         r.f.logs().contains(
@@ -345,10 +211,10 @@ async fn a_group_that_skips_the_rescan_queue_hands_its_tickets_off_once_it_quali
     assert!(r.f.logs().contains("VULN-") && r.f.logs().contains("marked to skip the RSQ"));
 
     sqlx::query("UPDATE JobConfig SET Active = 1 WHERE ID = ?")
-        .bind(&r.cloud_config)
+        .bind(&cloud_config)
         .execute(r.f.pool())
         .await?;
-    let rsq = r.run("RescanQueueJob").await?;
+    let rsq = r.run("RescanQueueJob", None).await?;
     let rows: Vec<(Option<String>, String, Option<String>)> = sqlx::query_as(
         "SELECT h.ParentJobId, h.CreatedBy, h.Payload FROM JobHistory h JOIN Job j ON j.Id = h.JobId
           WHERE j.Struct = 'CloudDecommissionJob'",
@@ -367,7 +233,7 @@ async fn a_group_that_skips_the_rescan_queue_hands_its_tickets_off_once_it_quali
     assert_eq!(payload["only_reopen_tickets"], json!([ec2]));
     assert_eq!(payload["decommission_on_stopped_state"], json!(true));
 
-    r.run("RescanQueueJob").await?;
+    r.run("RescanQueueJob", None).await?;
     assert_eq!(r.count(cloud_rows).await?, 1, "not handed off twice");
     assert_eq!(
         r.count(

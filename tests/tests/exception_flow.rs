@@ -5,7 +5,6 @@
 //! the next AssetSyncJob attaches that row to the detection, and the next
 //! TicketingJob opens nothing new.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use aegis_sim::{EstateSpec, ScanTiming, SimConfig, Simulator, WorldFixture};
@@ -139,22 +138,7 @@ async fn an_approved_exception_becomes_an_ignore_row_that_the_next_sync_attaches
     )
     .fetch_one(&pool)
     .await?;
-    let fields: Vec<Value> = reqwest::Client::new()
-        .get(format!("{}/rest/api/2/field", sim.jira_url()))
-        .basic_auth("aegis", Some("aegis"))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let id_of: HashMap<String, String> = fields
-        .iter()
-        .filter_map(|f| {
-            Some((
-                f["name"].as_str()?.to_string(),
-                f["id"].as_str()?.to_string(),
-            ))
-        })
-        .collect();
+    let id_of = aegis_tests::setup::jira_fields(&sim).await?;
     let expiration = (chrono::Utc::now() + chrono::Duration::days(60))
         .format("%Y-%m-%dT%H:%M:%S%.3f+0000")
         .to_string();

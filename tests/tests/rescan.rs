@@ -6,21 +6,13 @@
 //!
 //! Run `cargo build --workspace --bins` first.
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use aegis_shared::model::job_config::{self, NewJobConfig};
-use aegis_shared::model::source_config::{self, NewSourceConfig, Vendor};
-use aegis_shared::secrets::Secret;
-use aegis_sim::{
-    HostPatch, Proto, QualysScanState, ScanTiming, SimConfig, Simulator, WorldFixture,
-};
+use aegis_shared::model::source_config::Vendor;
+use aegis_sim::{HostPatch, Proto, QualysScanState, WorldFixture};
 use aegis_tests::eventually;
-use aegis_tests::fleet::Fleet;
+use aegis_tests::rescan_rig::{ip, Rig, RigBuilder, Side, T};
 use serde_json::{json, Value};
-
-const T: Duration = Duration::from_secs(90);
 
 /// Four hosts in Qualys asset group 42 (appliance 7).
 fn fixture() -> WorldFixture {
@@ -51,14 +43,21 @@ fn fixture() -> WorldFixture {
     .expect("fixture")
 }
 
-/// The fleet, the simulator, an organization with JIRA and Qualys source
-/// configs, and one job config per job (run on demand, never continuous).
-struct Rig {
-    f: Fleet,
-    sim: Simulator,
-    org: String,
-    configs: HashMap<&'static str, String>,
-    fields: HashMap<String, String>,
+/// The rig of these tests: Qualys (concurrent-scan limit `scan_limit`) or
+/// Nexpose, 8 parallel Qualys API calls, and TicketSyncJob besides the loop's
+/// jobs.
+fn builder(workers: usize, scanner: Vendor, scan_limit: usize) -> RigBuilder {
+    let b = RigBuilder::new("RESCAN", fixture())
+        .workers(workers)
+        .qualys_concurrency_limit(8)
+        .concurrent_scan_limit(scan_limit)
+        .job("TicketSyncJob", Side::Jira, Side::Scanner, json!({}));
+    if scanner == Vendor::Nexpose {
+        b.scanner(Vendor::Nexpose).groups(&[1])
+    } else {
+        b.scanner_payload("concurrent_scan_retry_seconds", json!(1))
+            .scanner_payload("concurrent_scan_retries", json!(2))
+    }
 }
 
 async fn rig(workers: usize) -> anyhow::Result<Rig> {
@@ -66,270 +65,7 @@ async fn rig(workers: usize) -> anyhow::Result<Rig> {
 }
 
 async fn rig_with(workers: usize, scanner: Vendor) -> anyhow::Result<Rig> {
-    rig_full(workers, scanner, 10).await
-}
-
-async fn rig_full(workers: usize, scanner: Vendor, scan_limit: usize) -> anyhow::Result<Rig> {
-    let mut cfg = SimConfig {
-        fixture: Some(fixture()),
-        scan_timing: ScanTiming::fast(),
-        ..Default::default()
-    };
-    cfg.qualys.concurrency_limit = 8;
-    cfg.qualys.concurrent_scan_limit = scan_limit;
-    let sim = Simulator::start(cfg).await?;
-    let mut f = Fleet::new().await?;
-    f.coordinator()?;
-    for _ in 0..workers {
-        f.worker()?;
-    }
-    let suggested = sim.source_configs();
-    let mut tx = f.pool().begin().await?;
-    let code = "RESCAN";
-    let org = aegis_tests::setup::organization(&mut tx, code).await?;
-    let sc = |vendor: Vendor, address: String, payload: serde_json::Map<String, Value>| {
-        NewSourceConfig {
-            org_code: code.into(),
-            vendor,
-            address,
-            port: None,
-            username: "aegis".into(),
-            password: Secret::new("aegis"),
-            token: Secret::default(),
-            delay_ns: 0,
-            concurrency: 4,
-            retries: 1,
-            verify_tls: true,
-            limit_key: None,
-            payload,
-            created_by: "test".into(),
-        }
-    };
-    let jira_payload = suggested["jira"]["payload"]
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
-    let mut qualys_payload = suggested["qualys"]["payload"]
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
-    qualys_payload.insert("groups".into(), json!([42]));
-    qualys_payload.insert("concurrent_scan_retry_seconds".into(), json!(1));
-    qualys_payload.insert("concurrent_scan_retries".into(), json!(2));
-    let (jira, _) = source_config::create(
-        &mut tx,
-        &sc(Vendor::Jira, sim.jira_url().to_string(), jira_payload),
-        None,
-    )
-    .await?;
-    let mut nexpose_payload = suggested["nexpose"]["payload"]
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
-    nexpose_payload.insert("sites".into(), json!([1]));
-    let (qualys, _) = if scanner == Vendor::Nexpose {
-        source_config::create(
-            &mut tx,
-            &sc(
-                Vendor::Nexpose,
-                sim.nexpose_url().to_string(),
-                nexpose_payload,
-            ),
-            None,
-        )
-        .await?
-    } else {
-        source_config::create(
-            &mut tx,
-            &sc(Vendor::Qualys, sim.qualys_url().to_string(), qualys_payload),
-            None,
-        )
-        .await?
-    };
-    let group = if scanner == Vendor::Nexpose {
-        "1"
-    } else {
-        "42"
-    };
-    let (j, q) = (jira.id.clone(), qualys.id.clone());
-    let mut configs = HashMap::new();
-    for (name, din, dout, payload) in [
-        ("VulnSyncJob", &q, &q, json!({})),
-        ("AssetSyncJob", &q, &q, json!({"groups": [group]})),
-        ("TicketingJob", &q, &j, json!({})),
-        ("TicketSyncJob", &j, &q, json!({})),
-        ("RescanQueueJob", &j, &q, json!({"type": "NORMAL"})),
-        ("RescanJob", &q, &j, json!({})),
-        ("ScanSyncJob", &q, &q, json!({})),
-        ("ScanCloseJob", &q, &j, json!({})),
-    ] {
-        let id = job_config::create(
-            &mut tx,
-            &org.id,
-            &NewJobConfig {
-                job_name: name.into(),
-                data_in: vec![din.clone()],
-                data_out: vec![dout.clone()],
-                payload,
-                priority_override: Some(0),
-                continuous: false,
-                wait_in_seconds: 0,
-                max_instances: 0,
-                auto_start: false,
-            },
-            "test",
-        )
-        .await?;
-        configs.insert(name, id);
-    }
-    tx.commit().await?;
-    let list: Vec<Value> = reqwest::Client::new()
-        .get(format!("{}/rest/api/2/field", sim.jira_url()))
-        .basic_auth("aegis", Some("aegis"))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let fields = list
-        .iter()
-        .filter_map(|f| {
-            Some((
-                f["name"].as_str()?.to_string(),
-                f["id"].as_str()?.to_string(),
-            ))
-        })
-        .collect();
-    Ok(Rig {
-        f,
-        sim,
-        org: org.id,
-        configs,
-        fields,
-    })
-}
-
-impl Rig {
-    async fn start(&self, job: &str, payload: Option<Value>) -> anyhow::Result<String> {
-        let id = uuid::Uuid::new_v4().to_string();
-        sqlx::query(
-            "INSERT INTO JobHistory (ID, JobId, ConfigID, StatusId, Priority, Payload)
-             SELECT ?, JobId, ID, 1, 0, COALESCE(?, Payload) FROM JobConfig WHERE ID = ?",
-        )
-        .bind(&id)
-        .bind(payload.map(|p| p.to_string()))
-        .bind(&self.configs[job])
-        .execute(self.f.pool())
-        .await?;
-        Ok(id)
-    }
-
-    async fn run(&self, job: &str, payload: Option<Value>) -> anyhow::Result<String> {
-        let id = self.start(job, payload).await?;
-        self.f.wait_status(&id, 3, T).await?;
-        Ok(id)
-    }
-
-    /// Ticket key by (IP, QID).
-    fn tickets(&self) -> BTreeMap<(String, String), String> {
-        let (ip, vuln) = (&self.fields["IP Address"], &self.fields["VulnerabilityID"]);
-        let state = self.sim.state_summary();
-        let mut out = BTreeMap::new();
-        for i in state["jira"]["issues"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-        {
-            let key = i["key"].as_str().unwrap_or_default().to_string();
-            if let Some(issue) = self.sim.jira_issue(&key) {
-                let ip = issue["fields"][ip].as_str().unwrap_or_default().to_string();
-                let qid = issue["fields"][vuln]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
-                out.insert((ip, qid), key);
-            }
-        }
-        out
-    }
-
-    fn key(&self, ip: &str, qid: &str) -> String {
-        self.tickets()
-            .get(&(ip.to_string(), qid.to_string()))
-            .cloned()
-            .unwrap_or_else(|| panic!("no ticket for {ip} / {qid}: {:?}", self.tickets()))
-    }
-
-    fn status(&self, key: &str) -> String {
-        self.sim.jira_status(key).unwrap_or_default()
-    }
-
-    fn comments(&self, key: &str) -> Vec<String> {
-        let state = self.sim.state_summary();
-        state["jira"]["issues"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|i| i["key"] == key)
-            .and_then(|i| i["comments"].as_array().cloned())
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|c| c.as_str().map(str::to_string))
-            .collect()
-    }
-
-    async fn count(&self, sql: &str) -> anyhow::Result<i64> {
-        let (n,): (i64,) = sqlx::query_as(sql)
-            .bind(&self.org)
-            .fetch_one(self.f.pool())
-            .await?;
-        Ok(n)
-    }
-
-    /// Runs ScanSyncJob until every scan is terminal and no RescanJob or
-    /// ScanCloseJob is pending or running (what the continuous config does).
-    async fn settle(&self) -> anyhow::Result<()> {
-        eventually("the rescan loop to settle", T, || async {
-            let busy = self
-                .count(
-                    "SELECT COUNT(*) FROM JobHistory h JOIN JobConfig c ON c.ID = h.ConfigID JOIN Job j ON j.Id = h.JobId
-                      WHERE c.OrganizationID = ? AND j.Struct IN ('RescanQueueJob', 'RescanJob', 'ScanCloseJob') AND h.StatusId IN (1, 2)",
-                )
-                .await?;
-            let unfinished = self
-                .count("SELECT COUNT(*) FROM ScanSummary WHERE OrgID = ? AND ScanStatus NOT IN ('finished', 'canceled', 'stopped', 'error')")
-                .await?;
-            if busy == 0 && unfinished == 0 {
-                return Ok(Some(()));
-            }
-            if unfinished > 0 {
-                self.run("ScanSyncJob", None).await?;
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            Ok(None)
-        })
-        .await
-    }
-
-    async fn failed_jobs(&self) -> anyhow::Result<Vec<(String, Option<String>)>> {
-        Ok(sqlx::query_as(
-            "SELECT j.Struct, h.LastError FROM JobHistory h JOIN JobConfig c ON c.ID = h.ConfigID JOIN Job j ON j.Id = h.JobId
-              WHERE c.OrganizationID = ? AND h.StatusId = 4",
-        )
-        .bind(&self.org)
-        .fetch_all(self.f.pool())
-        .await?)
-    }
-
-    async fn sync_and_ticket(&self) -> anyhow::Result<()> {
-        self.run("VulnSyncJob", None).await?;
-        self.run("AssetSyncJob", None).await?;
-        self.run("TicketingJob", None).await?;
-        Ok(())
-    }
-}
-
-fn ip(s: &str) -> Ipv4Addr {
-    s.parse().expect("ip")
+    builder(workers, scanner, 10).build().await
 }
 
 #[tokio::test]
@@ -382,7 +118,7 @@ async fn resolved_remediated_tickets_end_closed_reopened_with_proof_or_scan_erro
         r.comments(&fixed)
     );
     assert_eq!(r.status(&still), "Reopened");
-    let proof = r.comments(&still).join("\n");
+    let proof = r.comments(&still);
     assert!(
         proof.contains("Remediation Failed") && proof.contains("OpenSSH 7.2"),
         "proof comment: {proof}"
@@ -464,10 +200,9 @@ async fn a_resolved_decommissioned_dead_host_is_closed_ignored_and_not_ticketed_
     );
     assert!(r
         .comments(&dead_a)
-        .join("\n")
         .contains("Device found to be dead by Scanner"));
     assert_eq!(r.status(&alive), "Reopened");
-    assert!(r.comments(&alive).join("\n").contains("IP reuse"));
+    assert!(r.comments(&alive).contains("IP reuse"));
     assert_eq!(
         r.count("SELECT COUNT(*) FROM `Ignore` WHERE OrganizationID = ? AND TypeId = 2 AND Active = 1 AND DeviceID = '1002'")
             .await?,
@@ -740,18 +475,10 @@ async fn a_kill_9_during_scan_close_ends_with_every_ticket_in_the_right_state() 
     .await
     .map_err(|e| anyhow::anyhow!("{e}\n{}", r.f.logs()))?;
     tokio::time::sleep(Duration::from_millis(1800)).await;
-    let p =
-        r.f.processes
-            .iter()
-            .position(|p| p.name == worker)
-            .expect("the worker is ours");
-    r.f.processes[p].kill_9();
+    r.f.kill_9(&worker);
     r.f.wait_status(&close, 3, Duration::from_secs(120)).await?;
     r.settle().await?;
-    let (attempt,): (i32,) = sqlx::query_as("SELECT Attempt FROM JobHistory WHERE ID = ?")
-        .bind(&close)
-        .fetch_one(r.f.pool())
-        .await?;
+    let attempt = attempts(&r, &close).await?;
     assert!(
         attempt >= 2,
         "the killed close ran again (attempt {attempt})"
@@ -851,12 +578,7 @@ async fn kill_mid_launch(
             .execute(r.f.pool())
             .await?;
     }
-    let p =
-        r.f.processes
-            .iter()
-            .position(|p| p.name == worker)
-            .expect("the worker is ours");
-    r.f.processes[p].kill_9();
+    r.f.kill_9(&worker);
     Ok((r, rescan, fixed, still))
 }
 
@@ -1074,10 +796,7 @@ async fn nexpose_rescans_close_reopen_and_confirm_a_dead_host_by_discovery() -> 
         "{:?}",
         r.comments(&dead)
     );
-    assert!(r
-        .comments(&dead)
-        .join("\n")
-        .contains("without finding 10.0.0.2 alive"));
+    assert!(r.comments(&dead).contains("without finding 10.0.0.2 alive"));
     assert_eq!(r.status(&alive), "Reopened");
     assert_eq!(
         r.count("SELECT COUNT(*) FROM `Ignore` WHERE OrganizationID = ? AND TypeId = 2 AND Active = 1 AND DeviceID = '2'")
@@ -1095,7 +814,7 @@ async fn nexpose_rescans_close_reopen_and_confirm_a_dead_host_by_discovery() -> 
 #[tokio::test]
 async fn the_concurrent_scan_limit_is_retried_up_to_a_bound_and_a_failed_launch_cleans_up(
 ) -> anyhow::Result<()> {
-    let r = rig_full(2, Vendor::Qualys, 1).await?;
+    let r = builder(2, Vendor::Qualys, 1).build().await?;
     r.sync_and_ticket().await?;
     let first = r.key("10.0.0.1", "38739");
     let second = r.key("10.0.0.2", "38739");

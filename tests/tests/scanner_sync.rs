@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use aegis_shared::model::job_config::{self, NewJobConfig};
+use aegis_shared::model::job_config;
 use aegis_shared::model::source_config::{self, NewSourceConfig, Vendor};
 use aegis_sim::{
     EstateSpec, FaultAction, FaultSpec, Proto, ScanTiming, SimConfig, Simulator, WorldFixture,
@@ -89,16 +89,8 @@ async fn org(
         None,
     )
     .await?;
-    let jc = |name: &str, payload: serde_json::Value| NewJobConfig {
-        job_name: name.into(),
-        data_in: vec![sc.id.clone()],
-        data_out: vec![sc.id.clone()],
-        payload,
-        priority_override: Some(0),
-        continuous: false,
-        wait_in_seconds: 0,
-        max_instances: 0,
-        auto_start: false,
+    let jc = |name: &str, payload: serde_json::Value| {
+        aegis_tests::setup::job(name, &sc.id, &sc.id, payload)
     };
     let vuln_sync =
         job_config::create(&mut tx, &org.id, &jc("VulnSyncJob", json!({})), "test").await?;
@@ -122,31 +114,12 @@ async fn org(
     })
 }
 
-/// Inserts a run of a job config (its payload, or `payload`) the way an operator would.
-async fn start(
-    f: &Fleet,
-    config: &str,
-    payload: Option<serde_json::Value>,
-) -> anyhow::Result<String> {
-    let id = uuid::Uuid::new_v4().to_string();
-    sqlx::query(
-        "INSERT INTO JobHistory (ID, JobId, ConfigID, StatusId, Priority, Payload)
-         SELECT ?, JobId, ID, 1, 0, COALESCE(?, Payload) FROM JobConfig WHERE ID = ?",
-    )
-    .bind(&id)
-    .bind(payload.map(|p| p.to_string()))
-    .bind(config)
-    .execute(f.pool())
-    .await?;
-    Ok(id)
-}
-
 async fn run_ok(
     f: &Fleet,
     config: &str,
     payload: Option<serde_json::Value>,
 ) -> anyhow::Result<String> {
-    let id = start(f, config, payload).await?;
+    let id = f.start_config(config, payload).await?;
     f.wait_status(&id, 3, T).await?;
     Ok(id)
 }
@@ -546,7 +519,7 @@ async fn retried_job_after_kill_9_ends_with_the_rows_of_a_clean_run() -> anyhow:
         )
         .on(HLD),
     );
-    let id = start(&f, &crashed.asset_sync, None).await?;
+    let id = f.start_config(&crashed.asset_sync, None).await?;
     eventually("the first batches to be written", T, || async {
         let (n,): (i64,) =
             sqlx::query_as("SELECT COUNT(*) FROM Detection WHERE OrganizationID = ?")
@@ -597,7 +570,7 @@ async fn malformed_xml_and_paging_loops_fail_the_job_and_leave_the_database_cons
     sim.inject_fault(
         FaultSpec::new(aegis_sim::Vendor::Qualys, FaultAction::MalformedBody, 1).on(HLD),
     );
-    let id = start(&f, &o.asset_sync, None).await?;
+    let id = f.start_config(&o.asset_sync, None).await?;
     f.wait_status(&id, 4, T).await?;
     let e = last_error(&f, &id).await?;
     assert!(
@@ -620,7 +593,7 @@ async fn malformed_xml_and_paging_loops_fail_the_job_and_leave_the_database_cons
     assert!(last.is_none(), "a failed run does not advance LastJobStart");
 
     sim.inject_fault(FaultSpec::new(aegis_sim::Vendor::Qualys, FaultAction::PagingLoop, 1).on(HLD));
-    let id = start(&f, &o.asset_sync, None).await?;
+    let id = f.start_config(&o.asset_sync, None).await?;
     f.wait_status(&id, 4, T).await?;
     let e = last_error(&f, &id).await?;
     assert!(e.contains("paging loop"), "{e}");

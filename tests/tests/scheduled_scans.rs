@@ -10,19 +10,10 @@
 //!
 //! Run `cargo build --workspace --bins` first.
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::Ipv4Addr;
-use std::time::Duration;
-
-use aegis_shared::model::job_config::{self, NewJobConfig};
-use aegis_shared::model::source_config::{self, NewSourceConfig, Vendor};
-use aegis_sim::{Proto, ScanTiming, SimConfig, Simulator, WorldFixture};
-use aegis_tests::eventually;
-use aegis_tests::fleet::Fleet;
-use aegis_tests::setup;
+use aegis_shared::model::source_config::Vendor;
+use aegis_sim::{Proto, WorldFixture};
+use aegis_tests::rescan_rig::{ip, Rig, RigBuilder, T};
 use serde_json::{json, Value};
-
-const T: Duration = Duration::from_secs(90);
 
 /// Hosts 10.0.0.1 and 10.0.0.2 in asset group 42 with the same two findings,
 /// and 10.0.0.5 in group 43.
@@ -50,116 +41,13 @@ fn fixture() -> WorldFixture {
     .expect("fixture")
 }
 
-/// The fleet, the simulator, and an organization with JIRA and Qualys source
-/// configs and one on-demand job config per job of the loop.
-struct Rig {
-    f: Fleet,
-    sim: Simulator,
-    org: String,
-    configs: HashMap<&'static str, String>,
-    fields: HashMap<String, String>,
-}
-
+/// The rig over asset groups 42 and 43, synced and ticketed: five tickets.
 async fn rig() -> anyhow::Result<Rig> {
-    let sim = Simulator::start(SimConfig {
-        fixture: Some(fixture()),
-        scan_timing: ScanTiming::fast(),
-        ..Default::default()
-    })
-    .await?;
-    let mut f = Fleet::new().await?;
-    f.coordinator()?;
-    f.worker()?;
-    f.worker()?;
-    let suggested = sim.source_configs();
-    let payload = |vendor: &str| {
-        suggested[vendor]["payload"]
-            .as_object()
-            .cloned()
-            .unwrap_or_default()
-    };
-    let code = "SCHED";
-    let mut tx = f.pool().begin().await?;
-    let org = setup::organization(&mut tx, code).await?;
-    let (jira, _) = source_config::create(
-        &mut tx,
-        &NewSourceConfig {
-            retries: 1,
-            payload: payload("jira"),
-            ..setup::source(code, Vendor::Jira, &sim.jira_url())
-        },
-        None,
-    )
-    .await?;
-    let mut qualys_payload = payload("qualys");
-    qualys_payload.insert("groups".into(), json!([42, 43]));
-    let (qualys, _) = source_config::create(
-        &mut tx,
-        &NewSourceConfig {
-            retries: 1,
-            payload: qualys_payload,
-            ..setup::source(code, Vendor::Qualys, &sim.qualys_url())
-        },
-        None,
-    )
-    .await?;
-    let (j, q) = (jira.id.clone(), qualys.id.clone());
-    let mut configs = HashMap::new();
-    for (name, din, dout, payload) in [
-        ("VulnSyncJob", &q, &q, json!({})),
-        ("AssetSyncJob", &q, &q, json!({"groups": ["42", "43"]})),
-        ("TicketingJob", &q, &j, json!({})),
-        ("RescanQueueJob", &j, &q, json!({"type": "NORMAL"})),
-        ("RescanJob", &q, &j, json!({})),
-        ("ScanSyncJob", &q, &q, json!({})),
-        ("ScanCloseJob", &q, &j, json!({})),
-    ] {
-        let id = job_config::create(
-            &mut tx,
-            &org.id,
-            &NewJobConfig {
-                job_name: name.into(),
-                data_in: vec![din.clone()],
-                data_out: vec![dout.clone()],
-                payload,
-                priority_override: Some(0),
-                continuous: false,
-                wait_in_seconds: 0,
-                max_instances: 0,
-                auto_start: false,
-            },
-            "test",
-        )
+    let r = RigBuilder::new("SCHED", fixture())
+        .groups(&[42, 43])
+        .build()
         .await?;
-        configs.insert(name, id);
-    }
-    tx.commit().await?;
-    let list: Vec<Value> = reqwest::Client::new()
-        .get(format!("{}/rest/api/2/field", sim.jira_url()))
-        .basic_auth("aegis", Some("aegis"))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let fields = list
-        .iter()
-        .filter_map(|f| {
-            Some((
-                f["name"].as_str()?.to_string(),
-                f["id"].as_str()?.to_string(),
-            ))
-        })
-        .collect();
-    let r = Rig {
-        f,
-        sim,
-        org: org.id,
-        configs,
-        fields,
-    };
-    for job in ["VulnSyncJob", "AssetSyncJob", "TicketingJob"] {
-        r.run(job, None).await?;
-    }
+    r.sync_and_ticket().await?;
     anyhow::ensure!(
         r.tickets().len() == 5,
         "one ticket per finding: {:?}\n{}",
@@ -167,118 +55,6 @@ async fn rig() -> anyhow::Result<Rig> {
         r.f.logs()
     );
     Ok(r)
-}
-
-impl Rig {
-    async fn start(&self, job: &str, payload: Option<Value>) -> anyhow::Result<String> {
-        let id = uuid::Uuid::new_v4().to_string();
-        sqlx::query(
-            "INSERT INTO JobHistory (ID, JobId, ConfigID, StatusId, Priority, Payload)
-             SELECT ?, JobId, ID, 1, 0, COALESCE(?, Payload) FROM JobConfig WHERE ID = ?",
-        )
-        .bind(&id)
-        .bind(payload.map(|p| p.to_string()))
-        .bind(&self.configs[job])
-        .execute(self.f.pool())
-        .await?;
-        Ok(id)
-    }
-
-    async fn run(&self, job: &str, payload: Option<Value>) -> anyhow::Result<String> {
-        let id = self.start(job, payload).await?;
-        self.f.wait_status(&id, 3, T).await?;
-        Ok(id)
-    }
-
-    /// Ticket key by (IP, QID).
-    fn tickets(&self) -> BTreeMap<(String, String), String> {
-        let (ip, vuln) = (&self.fields["IP Address"], &self.fields["VulnerabilityID"]);
-        let mut out = BTreeMap::new();
-        for i in self.sim.state_summary()["jira"]["issues"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-        {
-            let key = i["key"].as_str().unwrap_or_default().to_string();
-            if let Some(issue) = self.sim.jira_issue(&key) {
-                let field = |id: &str| issue["fields"][id].as_str().unwrap_or_default().to_string();
-                out.insert((field(ip), field(vuln)), key);
-            }
-        }
-        out
-    }
-
-    fn key(&self, ip: &str, qid: &str) -> String {
-        self.tickets()
-            .get(&(ip.to_string(), qid.to_string()))
-            .cloned()
-            .unwrap_or_else(|| panic!("no ticket for {ip} / {qid}: {:?}", self.tickets()))
-    }
-
-    fn status(&self, key: &str) -> String {
-        self.sim.jira_status(key).unwrap_or_default()
-    }
-
-    fn comments(&self, key: &str) -> String {
-        self.sim.state_summary()["jira"]["issues"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|i| i["key"] == key)
-            .and_then(|i| i["comments"].as_array().cloned())
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|c| c.as_str().map(str::to_string))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    async fn count(&self, sql: &str) -> anyhow::Result<i64> {
-        let (n,): (i64,) = sqlx::query_as(sql)
-            .bind(&self.org)
-            .fetch_one(self.f.pool())
-            .await?;
-        Ok(n)
-    }
-
-    /// Runs ScanSyncJob (with `payload`) until every scan is terminal and no
-    /// RescanJob or ScanCloseJob is pending or running.
-    async fn settle(&self, payload: Option<Value>) -> anyhow::Result<()> {
-        eventually("the rescan loop to settle", T, || async {
-            let busy = self
-                .count(
-                    "SELECT COUNT(*) FROM JobHistory h JOIN JobConfig c ON c.ID = h.ConfigID JOIN Job j ON j.Id = h.JobId
-                      WHERE c.OrganizationID = ? AND j.Struct IN ('RescanQueueJob', 'RescanJob', 'ScanCloseJob') AND h.StatusId IN (1, 2)",
-                )
-                .await?;
-            let unfinished = self
-                .count("SELECT COUNT(*) FROM ScanSummary WHERE OrgID = ? AND ScanStatus NOT IN ('finished', 'canceled', 'stopped', 'error')")
-                .await?;
-            if busy == 0 && unfinished == 0 {
-                return Ok(Some(()));
-            }
-            if unfinished > 0 {
-                self.run("ScanSyncJob", payload.clone()).await?;
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            Ok(None)
-        })
-        .await
-    }
-
-    async fn failed_jobs(&self) -> anyhow::Result<Vec<(String, Option<String>)>> {
-        Ok(sqlx::query_as(
-            "SELECT j.Struct, h.LastError FROM JobHistory h JOIN JobConfig c ON c.ID = h.ConfigID JOIN Job j ON j.Id = h.JobId
-              WHERE c.OrganizationID = ? AND h.StatusId = 4",
-        )
-        .bind(&self.org)
-        .fetch_all(self.f.pool())
-        .await?)
-    }
-}
-
-fn ip(s: &str) -> Ipv4Addr {
-    s.parse().expect("ip")
 }
 
 #[tokio::test]
@@ -313,7 +89,7 @@ async fn a_normal_rescan_closes_the_devices_other_fixed_ticket_but_not_one_anoth
     .bind(uuid::Uuid::new_v4().to_string())
     .execute(r.f.pool())
     .await?;
-    r.settle(None).await?;
+    r.settle().await?;
 
     assert_eq!(
         r.status(&rescanned_fixed),
@@ -437,7 +213,7 @@ async fn a_qualys_scheduled_scan_is_tracked_once_and_decides_its_groups_resolved
 
     // The scan finishes; the next syncs queue its close.
     r.sim.force_qualys_scan_state(&scan, None)?;
-    r.settle(Some(sync.clone())).await?;
+    r.settle_with(Some(sync.clone())).await?;
 
     assert_eq!(
         r.status(&fixed),
@@ -507,61 +283,23 @@ async fn a_qualys_scheduled_scan_is_tracked_once_and_decides_its_groups_resolved
 
 #[tokio::test]
 async fn nexpose_scheduled_scans_are_ignored_with_a_warning() -> anyhow::Result<()> {
-    let sim = Simulator::start(SimConfig {
-        fixture: Some(fixture()),
-        scan_timing: ScanTiming::fast(),
-        ..Default::default()
-    })
-    .await?;
-    let mut f = Fleet::new().await?;
-    f.coordinator()?;
-    f.worker()?;
-    let code = "SCHEDNX";
-    let mut tx = f.pool().begin().await?;
-    let org = setup::organization(&mut tx, code).await?;
-    let (nexpose, _) = source_config::create(
-        &mut tx,
-        &NewSourceConfig {
-            payload: sim.source_configs()["nexpose"]["payload"]
-                .as_object()
-                .cloned()
-                .unwrap_or_default(),
-            ..setup::source(code, Vendor::Nexpose, &sim.nexpose_url())
-        },
-        None,
-    )
-    .await?;
-    let config = job_config::create(
-        &mut tx,
-        &org.id,
-        &NewJobConfig {
-            job_name: "ScanSyncJob".into(),
-            data_in: vec![nexpose.id.clone()],
-            data_out: vec![nexpose.id.clone()],
-            payload: json!({}),
-            priority_override: Some(0),
-            continuous: false,
-            wait_in_seconds: 0,
-            max_instances: 0,
-            auto_start: false,
-        },
-        "test",
-    )
-    .await?;
-    tx.commit().await?;
+    let r = RigBuilder::new("SCHEDNX", fixture())
+        .workers(1)
+        .scanner(Vendor::Nexpose)
+        .groups(&[1])
+        .build()
+        .await?;
     let payload = json!({"scheduled_scans": [r#"{"name":"Weekly","groupId":"1"}"#]});
-    let id = aegis_tests::estate::start_job(f.pool(), &config, &payload).await?;
-    f.wait_status(&id, 3, T).await?;
+    r.run("ScanSyncJob", Some(payload)).await?;
     assert!(
-        f.logs()
+        r.f.logs()
             .contains("scheduled scans are not supported for Nexpose"),
         "{}",
-        f.logs()
+        r.f.logs()
     );
-    assert!(f.logs().contains(r#""name":"Weekly""#), "names the entry");
-    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM ScanSummary WHERE OrgID = ?")
-        .bind(&org.id)
-        .fetch_one(f.pool())
+    assert!(r.f.logs().contains(r#""name":"Weekly""#), "names the entry");
+    let n = r
+        .count("SELECT COUNT(*) FROM ScanSummary WHERE OrgID = ?")
         .await?;
     assert_eq!(n, 0);
     Ok(())

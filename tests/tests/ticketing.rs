@@ -51,25 +51,6 @@ fn field_id(issue: &Value, sim_fields: &HashMap<String, String>, name: &str) -> 
         .unwrap_or(Value::Null)
 }
 
-async fn sim_fields(sim: &Simulator) -> anyhow::Result<HashMap<String, String>> {
-    let list: Vec<Value> = reqwest::Client::new()
-        .get(format!("{}/rest/api/2/field", sim.jira_url()))
-        .basic_auth("aegis", Some("aegis"))
-        .send()
-        .await?
-        .json()
-        .await?;
-    Ok(list
-        .iter()
-        .filter_map(|f| {
-            Some((
-                f["name"].as_str()?.to_string(),
-                f["id"].as_str()?.to_string(),
-            ))
-        })
-        .collect())
-}
-
 fn aegis_labels(issue: &Value) -> Vec<String> {
     issue["fields"]["labels"]
         .as_array()
@@ -258,7 +239,7 @@ async fn ticketing_opens_the_expected_tickets_with_their_fields_and_a_second_run
         all.keys().collect::<Vec<_>>()
     );
     assert_one_issue_per_label(&sim);
-    let fields = sim_fields(&sim).await?;
+    let fields = aegis_tests::setup::jira_fields(&sim).await?;
     let by_detection: HashMap<String, String> = sqlx::query_as::<_, (String, String)>(
         "SELECT DetectionID, Title FROM Ticket WHERE OrganizationID = ?",
     )
@@ -498,12 +479,7 @@ async fn three_workers_at_once_and_a_kill_9_still_leave_one_ticket_per_finding(
     )
     .fetch_one(&pool)
     .await?;
-    let p = f
-        .processes
-        .iter()
-        .position(|p| p.name == worker)
-        .expect("the worker is ours");
-    f.processes[p].kill_9();
+    f.kill_9(&worker);
     for id in &runs {
         f.wait_status(id, 3, Duration::from_secs(120)).await?;
     }
@@ -700,7 +676,7 @@ async fn exception_job_turns_closed_exception_and_false_positive_tickets_into_ig
     let false_positive = title(&s.expected["web_medium"]).await?;
     let expired = title(&s.expected["hostile_ssl"]).await?;
     // A person records the CERF and expiration, then approves the exception.
-    let fields = sim_fields(&sim).await?;
+    let fields = aegis_tests::setup::jira_fields(&sim).await?;
     let http = reqwest::Client::new();
     let set = |key: String, expiration: String| {
         let body = json!({"fields": {
@@ -874,7 +850,7 @@ async fn bulk_update_applies_good_rows_and_reports_bad_ones() -> anyhow::Result<
     assert_eq!(issue_a["fields"]["assignee"]["name"], "admin");
     let issue_b = sim.jira_issue(&b).expect("exists");
     assert!(issue_b["fields"]["assignee"].is_null());
-    let fields = sim_fields(&sim).await?;
+    let fields = aegis_tests::setup::jira_fields(&sim).await?;
     assert_eq!(field_id(&issue_b, &fields, "VRR Priority")["value"], "Low");
     sim.shutdown().await;
     Ok(())

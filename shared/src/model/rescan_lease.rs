@@ -37,31 +37,7 @@ pub async fn acquire(
     rescan_type: &str,
     keys: &[String],
 ) -> Result<Vec<String>, ModelError> {
-    // One lock order for every caller, so concurrent queues cannot deadlock.
-    let mut ordered: Vec<&String> = keys.iter().collect();
-    ordered.sort();
-    ordered.dedup();
-    for key in ordered {
-        sqlx::query(
-            "INSERT IGNORE INTO RescanLease (OrganizationID, TicketKey, JobHistoryID, RescanType, LeasedAt)
-             VALUES (?, ?, ?, ?, UTC_TIMESTAMP(3))",
-        )
-        .bind(org_id)
-        .bind(key)
-        .bind(holder)
-        .bind(rescan_type)
-        .execute(&mut **tx)
-        .await?;
-    }
-    let won: Vec<(String,)> = sqlx::query_as(
-        "SELECT TicketKey FROM RescanLease WHERE OrganizationID = ? AND JobHistoryID = ? ORDER BY TicketKey",
-    )
-    .bind(org_id)
-    .bind(holder)
-    .fetch_all(&mut **tx)
-    .await?;
-    let won: std::collections::HashSet<String> = won.into_iter().map(|(k,)| k).collect();
-    Ok(keys.iter().filter(|k| won.contains(*k)).cloned().collect())
+    lease_free(tx, org_id, holder, rescan_type, None, keys).await
 }
 
 /// Moves the leases of `from` (a holder ID or a job) to the job `to`.
@@ -230,6 +206,21 @@ pub async fn take_for_scan(
     rescan_type: &str,
     keys: &[String],
 ) -> Result<Vec<String>, ModelError> {
+    lease_free(tx, org_id, job_id, rescan_type, Some(scan_key), keys).await
+}
+
+/// Inserts a lease to `holder` (in the scan `scan_key`, if given) for every
+/// ticket of `keys` nobody holds, and returns the keys of `keys` that `holder`
+/// now holds (in that scan, if given): [`acquire`] and [`take_for_scan`].
+async fn lease_free(
+    tx: &mut Transaction<'_, MySql>,
+    org_id: &str,
+    holder: &str,
+    rescan_type: &str,
+    scan_key: Option<&str>,
+    keys: &[String],
+) -> Result<Vec<String>, ModelError> {
+    // One lock order for every caller, so concurrent queues cannot deadlock.
     let mut ordered: Vec<&String> = keys.iter().collect();
     ordered.sort();
     ordered.dedup();
@@ -240,20 +231,23 @@ pub async fn take_for_scan(
         )
         .bind(org_id)
         .bind(key)
-        .bind(job_id)
+        .bind(holder)
         .bind(rescan_type)
         .bind(scan_key)
         .execute(&mut **tx)
         .await?;
     }
-    let mine: Vec<(String,)> = sqlx::query_as(
-        "SELECT TicketKey FROM RescanLease WHERE OrganizationID = ? AND JobHistoryID = ? AND ScanSourceKey = ?",
-    )
-    .bind(org_id)
-    .bind(job_id)
-    .bind(scan_key)
-    .fetch_all(&mut **tx)
-    .await?;
-    let mine: std::collections::HashSet<String> = mine.into_iter().map(|(k,)| k).collect();
-    Ok(keys.iter().filter(|k| mine.contains(*k)).cloned().collect())
+    let sql = match scan_key {
+        None => "SELECT TicketKey FROM RescanLease WHERE OrganizationID = ? AND JobHistoryID = ? ORDER BY TicketKey",
+        Some(_) => "SELECT TicketKey FROM RescanLease WHERE OrganizationID = ? AND JobHistoryID = ? AND ScanSourceKey = ?",
+    };
+    let mut query = sqlx::query_as::<_, (String,)>(sql)
+        .bind(org_id)
+        .bind(holder);
+    if let Some(scan_key) = scan_key {
+        query = query.bind(scan_key);
+    }
+    let held = query.fetch_all(&mut **tx).await?;
+    let held: std::collections::HashSet<String> = held.into_iter().map(|(k,)| k).collect();
+    Ok(keys.iter().filter(|k| held.contains(*k)).cloned().collect())
 }

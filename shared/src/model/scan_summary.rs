@@ -65,14 +65,24 @@ pub async fn insert(
     tx: &mut Transaction<'_, MySql>,
     s: &NewScanSummary<'_>,
 ) -> Result<(), ModelError> {
+    insert_with_status(tx, s, "queued").await
+}
+
+/// Inserts the summary with `status`.
+async fn insert_with_status(
+    tx: &mut Transaction<'_, MySql>,
+    s: &NewScanSummary<'_>,
+    status: &str,
+) -> Result<(), ModelError> {
     sqlx::query(
         "INSERT INTO ScanSummary (SourceId, OrgID, ScannerSourceConfigID, SourceKey, ScanStatus, ParentJobId, ScanClosePayload, CreatedDate)
-         VALUES (?, ?, ?, ?, 'queued', ?, ?, UTC_TIMESTAMP(3))",
+         VALUES (?, ?, ?, ?, ?, ?, ?, UTC_TIMESTAMP(3))",
     )
     .bind(s.source_id)
     .bind(s.org_id)
     .bind(s.scanner_source_config_id)
     .bind(s.source_key)
+    .bind(status)
     .bind(s.parent_job_id)
     .bind(s.payload)
     .execute(&mut **tx)
@@ -125,18 +135,7 @@ pub async fn insert_intent(
     tickets: &[String],
 ) -> Result<(), ModelError> {
     let mut tx = pool.begin().await?;
-    sqlx::query(
-        "INSERT INTO ScanSummary (SourceId, OrgID, ScannerSourceConfigID, SourceKey, ScanStatus, ParentJobId, ScanClosePayload, CreatedDate)
-         VALUES (?, ?, ?, ?, 'launching', ?, ?, UTC_TIMESTAMP(3))",
-    )
-    .bind(s.source_id)
-    .bind(s.org_id)
-    .bind(s.scanner_source_config_id)
-    .bind(s.source_key)
-    .bind(s.parent_job_id)
-    .bind(s.payload)
-    .execute(&mut *tx)
-    .await?;
+    insert_with_status(&mut tx, s, LAUNCHING).await?;
     rescan_lease::set_scan(&mut tx, s.org_id, s.parent_job_id, s.source_key, tickets).await?;
     tx.commit().await?;
     Ok(())
@@ -206,19 +205,36 @@ pub async fn discard_intent(
     Ok(())
 }
 
+/// The organization's summaries that match `filter` (a condition on one `?`,
+/// bound to `value`, and any ORDER BY / LIMIT).
+async fn select(
+    pool: &MySqlPool,
+    org_id: &str,
+    filter: &str,
+    value: &str,
+) -> Result<Vec<ScanSummary>, ModelError> {
+    Ok(
+        sqlx::query_as(&format!("{SELECT} WHERE OrgID = ? AND {filter}"))
+            .bind(org_id)
+            .bind(value)
+            .fetch_all(pool)
+            .await?,
+    )
+}
+
 /// The launch intents a job left behind, oldest first.
 pub async fn intents_of_job(
     pool: &MySqlPool,
     org_id: &str,
     job_id: &str,
 ) -> Result<Vec<ScanSummary>, ModelError> {
-    Ok(sqlx::query_as(&format!(
-        "{SELECT} WHERE OrgID = ? AND ParentJobId = ? AND ScanStatus = 'launching' ORDER BY CreatedDate"
-    ))
-    .bind(org_id)
-    .bind(job_id)
-    .fetch_all(pool)
-    .await?)
+    select(
+        pool,
+        org_id,
+        "ParentJobId = ? AND ScanStatus = 'launching' ORDER BY CreatedDate",
+        job_id,
+    )
+    .await
 }
 
 /// Whether the job that wrote an intent may still resolve it itself (pending,
@@ -237,15 +253,15 @@ pub async fn unfinished(
     org_id: &str,
     source_config_id: &str,
 ) -> Result<Vec<ScanSummary>, ModelError> {
-    Ok(sqlx::query_as(&format!(
-        "{SELECT} WHERE OrgID = ? AND ScannerSourceConfigID = ?
+    select(
+        pool,
+        org_id,
+        "ScannerSourceConfigID = ?
            AND COALESCE(ScanStatus, '') NOT IN ('finished', 'canceled', 'stopped', 'error')
-         ORDER BY CreatedDate"
-    ))
-    .bind(org_id)
-    .bind(source_config_id)
-    .fetch_all(pool)
-    .await?)
+         ORDER BY CreatedDate",
+        source_config_id,
+    )
+    .await
 }
 
 /// The summary of a scan by its key.
@@ -254,13 +270,14 @@ pub async fn by_key(
     org_id: &str,
     source_key: &str,
 ) -> Result<Option<ScanSummary>, ModelError> {
-    Ok(sqlx::query_as(&format!(
-        "{SELECT} WHERE OrgID = ? AND SourceKey = ? ORDER BY CreatedDate DESC LIMIT 1"
-    ))
-    .bind(org_id)
-    .bind(source_key)
-    .fetch_optional(pool)
-    .await?)
+    let mut found = select(
+        pool,
+        org_id,
+        "SourceKey = ? ORDER BY CreatedDate DESC LIMIT 1",
+        source_key,
+    )
+    .await?;
+    Ok(found.pop())
 }
 
 /// Writes a non-terminal status.

@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use aegis_shared::model::job_config::{self, NewJobConfig};
+use aegis_shared::model::job_config;
 use aegis_shared::model::source_config::{self, NewSourceConfig, Vendor};
 use aegis_sim::{EstateSpec, SimConfig, Simulator};
 use aegis_tests::fleet::Fleet;
@@ -63,16 +63,8 @@ async fn setup(
         None,
     )
     .await?;
-    let jc = |name: &str, payload: serde_json::Value| NewJobConfig {
-        job_name: name.into(),
-        data_in: vec![sc.id.clone()],
-        data_out: vec![sc.id.clone()],
-        payload,
-        priority_override: Some(0),
-        continuous: false,
-        wait_in_seconds: 0,
-        max_instances: 0,
-        auto_start: false,
+    let jc = |name: &str, payload: serde_json::Value| {
+        aegis_tests::setup::job(name, &sc.id, &sc.id, payload)
     };
     let vuln = job_config::create(&mut tx, &org.id, &jc("VulnSyncJob", json!({})), "bench").await?;
     let asset = job_config::create(
