@@ -859,3 +859,110 @@ async fn qualys_resync_asks_for_changes_only_and_still_applies_ignore_changes() 
     sim.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_new_scanner_host_takes_over_the_device_its_cloud_inventory_created() -> anyhow::Result<()>
+{
+    // 10.0.0.4 is an EC2 instance; 10.0.0.5 is known to the cloud inventory by its IP.
+    let mut fx = fixture();
+    for h in fx.hosts.iter_mut() {
+        if h.ip == "10.0.0.4".parse::<std::net::Ipv4Addr>()? {
+            h.tracking_method = aegis_sim::TrackingMethod::Ec2;
+            h.ec2_instance_id = Some("i-0abc4".into());
+        }
+    }
+    let sim = sim_with(Some(fx), EstateSpec::default()).await?;
+    let f = fleet().await?;
+    let o = org(&f, "QCLOUD", Vendor::Qualys, &sim.qualys_url(), &["42"]).await?;
+    let (aws,): (String,) = sqlx::query_as("SELECT ID FROM Source WHERE Source = 'AWS'")
+        .fetch_one(f.pool())
+        .await?;
+    // What a cloud inventory sync would have written: devices without a scanner asset ID.
+    let os_type: (i32,) = sqlx::query_as("SELECT MIN(Id) FROM OperatingSystemType")
+        .fetch_one(f.pool())
+        .await?;
+    let (azure,): (String,) = sqlx::query_as("SELECT ID FROM Source WHERE Source = 'Azure'")
+        .fetch_one(f.pool())
+        .await?;
+    let cloud_device = |cloud: &String, instance: &'static str, ip: &'static str| {
+        let id = uuid::Uuid::new_v4().to_string();
+        let (pool, org, cloud) = (f.pool().clone(), o.id.clone(), cloud.clone());
+        async move {
+            sqlx::query(
+                "INSERT INTO Device (ID, CloudSourceID, AssetID, Ip, HostName, InstanceId, OrganizationID, OSTypeId, Region)
+                 VALUES (?, ?, NULL, ?, '', ?, ?, ?, 'us-east-1')",
+            )
+            .bind(&id)
+            .bind(&cloud)
+            .bind(ip)
+            .bind(instance)
+            .bind(&org)
+            .bind(os_type.0)
+            .execute(&pool)
+            .await?;
+            anyhow::Ok(id)
+        }
+    };
+    let by_instance = cloud_device(&azure, "i-0abc4", "172.31.0.4").await?;
+    let by_ip = cloud_device(&aws, "i-0abc5", "10.0.0.5").await?;
+    // Same IP as a scanner host, but in another cloud than the group's: not the same machine.
+    let elsewhere = cloud_device(&azure, "i-0abc9", "10.0.0.1").await?;
+    run_ok(&f, &o.vuln_sync, None).await?;
+    // The group is backed by the AWS inventory: IP matches count within it.
+    sqlx::query("INSERT INTO AssetGroup (GroupID, OrganizationID, ScannerSourceConfigID, ScannerSourceID, CloudSourceID) VALUES ('42', ?, ?, ?, ?)")
+        .bind(&o.id)
+        .bind(&o.source_config)
+        .bind(&o.source_id)
+        .bind(&aws)
+        .execute(f.pool())
+        .await?;
+    run_ok(&f, &o.asset_sync, None).await?;
+
+    let device = |id: String| {
+        let pool = f.pool().clone();
+        async move {
+            let row: (Option<String>, Option<String>, String, String) =
+                sqlx::query_as("SELECT AssetID, SourceID, Ip, InstanceId FROM Device WHERE ID = ?")
+                    .bind(id)
+                    .fetch_one(&pool)
+                    .await?;
+            anyhow::Ok(row)
+        }
+    };
+    let (asset, source, ip, instance) = device(by_instance).await?;
+    assert_eq!(
+        (
+            asset.as_deref(),
+            source.as_deref(),
+            ip.as_str(),
+            instance.as_str()
+        ),
+        (
+            Some("1004"),
+            Some(o.source_id.as_str()),
+            "10.0.0.4",
+            "i-0abc4"
+        ),
+        "matched by instance ID, refreshed from the scanner"
+    );
+    let (asset, source, _, _) = device(by_ip).await?;
+    assert_eq!(
+        (asset.as_deref(), source.as_deref()),
+        (Some("1005"), Some(o.source_id.as_str())),
+        "matched by IP within the group's cloud source"
+    );
+    let (asset, _, _, _) = device(elsewhere).await?;
+    assert_eq!(asset, None, "a device of another cloud is not taken by IP");
+    let (devices,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM Device WHERE OrganizationID = ?")
+        .bind(&o.id)
+        .fetch_one(f.pool())
+        .await?;
+    assert_eq!(
+        devices, 5,
+        "three cloud devices, two adopted, three scanner-only hosts: {devices}"
+    );
+    let d = detections(&f, &o.id).await?;
+    assert!(d.contains_key(&key("1004", "38742", 80)) && d.contains_key(&key("1005", "38742", 80)));
+    sim.shutdown().await;
+    Ok(())
+}

@@ -92,3 +92,22 @@ pub async fn record_sync(
     .await?;
     Ok(())
 }
+
+/// The cloud Source (`AssetGroup.CloudSourceID`) whose inventory backs the
+/// group, if any.
+pub async fn cloud_source(
+    pool: &MySqlPool,
+    org_id: &str,
+    group_id: &str,
+    source_config_id: &str,
+) -> Result<Option<String>, ModelError> {
+    let row: Option<(Option<String>,)> = sqlx::query_as(
+        "SELECT CloudSourceID FROM AssetGroup WHERE GroupID = ? AND OrganizationID = ? AND ScannerSourceConfigID = ?",
+    )
+    .bind(group_id)
+    .bind(org_id)
+    .bind(source_config_id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.and_then(|(c,)| c).filter(|c| !c.trim().is_empty()))
+}

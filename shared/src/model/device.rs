@@ -202,3 +202,110 @@ pub async fn asset_ids_in_groups(
     let rows: Vec<(String,)> = q.build_query_as().fetch_all(pool).await?;
     Ok(rows.into_iter().map(|(a,)| a).collect())
 }
+
+/// Whether the organization has a device no scanner has claimed yet (no
+/// AssetID): one a cloud inventory created, that a scanner host may adopt.
+pub async fn has_cloud_first(pool: &MySqlPool, org_id: &str) -> Result<bool, ModelError> {
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM Device WHERE OrganizationID = ? AND (AssetID IS NULL OR AssetID = '')",
+    )
+    .bind(org_id)
+    .fetch_one(pool)
+    .await?;
+    Ok(n > 0)
+}
+
+/// A scanner host not yet known by its asset ID, as cloud-first matching sees it.
+#[derive(Clone, Debug)]
+pub struct NewHost<'a> {
+    pub asset_id: &'a str,
+    pub instance_id: &'a str,
+    pub ip: &'a str,
+}
+
+/// Cloud-first matching (spec §5.3 step 3): a host the scanner reports for the
+/// first time takes over the device a cloud inventory created for it (no
+/// AssetID yet) — by instance ID, else by IP within the group's cloud source —
+/// instead of getting a second row. The adopted row gets the scanner's asset ID
+/// and Source.ID; [`upsert`] then refreshes its other columns. Each device is
+/// adopted once. Returns the adopted asset IDs.
+pub async fn adopt_cloud_first(
+    tx: &mut Transaction<'_, MySql>,
+    org_id: &str,
+    source_id: &str,
+    cloud_source_id: Option<&str>,
+    hosts: &[NewHost<'_>],
+    now: DateTime<Utc>,
+) -> Result<Vec<String>, ModelError> {
+    let instances: Vec<&str> = hosts
+        .iter()
+        .map(|h| h.instance_id)
+        .filter(|i| !i.is_empty())
+        .collect();
+    let ips: Vec<&str> = hosts
+        .iter()
+        .map(|h| h.ip)
+        .filter(|i| !i.is_empty())
+        .collect();
+    if instances.is_empty() && (cloud_source_id.is_none() || ips.is_empty()) {
+        return Ok(Vec::new());
+    }
+    let mut q = QueryBuilder::<MySql>::new(
+        "SELECT ID, InstanceId, Ip, CloudSourceID FROM Device WHERE OrganizationID = ",
+    );
+    q.push_bind(org_id)
+        .push(" AND (AssetID IS NULL OR AssetID = '') AND (");
+    let by_ip = cloud_source_id.filter(|_| !ips.is_empty());
+    if !instances.is_empty() {
+        q.push("InstanceId IN (");
+        let mut sep = q.separated(", ");
+        for i in &instances {
+            sep.push_bind(*i);
+        }
+        q.push(")");
+        if by_ip.is_some() {
+            q.push(" OR ");
+        }
+    }
+    if let Some(cloud) = by_ip {
+        q.push("(CloudSourceID = ")
+            .push_bind(cloud)
+            .push(" AND Ip IN (");
+        let mut sep = q.separated(", ");
+        for ip in &ips {
+            sep.push_bind(*ip);
+        }
+        q.push("))");
+    }
+    q.push(") ORDER BY Created, ID FOR UPDATE");
+    let candidates: Vec<(String, String, String, Option<String>)> =
+        q.build_query_as().fetch_all(&mut **tx).await?;
+    let mut taken = std::collections::HashSet::new();
+    let mut adopted = Vec::new();
+    for h in hosts {
+        let by_instance = candidates
+            .iter()
+            .find(|c| !h.instance_id.is_empty() && c.1 == h.instance_id && !taken.contains(&c.0));
+        let by_ip = || {
+            candidates.iter().find(|c| {
+                !h.ip.is_empty()
+                    && c.2 == h.ip
+                    && c.3.as_deref().is_some_and(|s| Some(s) == cloud_source_id)
+                    && !taken.contains(&c.0)
+            })
+        };
+        let Some(device) = by_instance.or_else(by_ip) else {
+            continue;
+        };
+        taken.insert(device.0.clone());
+        sqlx::query("UPDATE Device SET AssetID = ?, SourceID = ?, Updated = ? WHERE ID = ?")
+            .bind(h.asset_id)
+            .bind(source_id)
+            .bind(now)
+            .bind(&device.0)
+            .execute(&mut **tx)
+            .await?;
+        adopted.push(h.asset_id.to_string());
+    }
+    Ok(adopted)
+}

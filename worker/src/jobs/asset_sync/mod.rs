@@ -173,6 +173,11 @@ struct Sync<'a> {
     source_id: String,
     lookups: Lookups,
     progress: Progress,
+    /// The organization has devices a cloud inventory created that no scanner
+    /// has claimed: new hosts are matched against them (spec §5.3 step 3).
+    cloud_first: bool,
+    /// The cloud Source backing the group being synced (AssetGroup.CloudSourceID).
+    cloud_source: Option<String>,
 }
 
 async fn run(ctx: JobContext) -> Result<(), JobError> {
@@ -243,6 +248,8 @@ async fn run(ctx: JobContext) -> Result<(), JobError> {
         org_id: org.id.clone(),
         source_id: source_id.clone(),
         lookups,
+        cloud_first: device::has_cloud_first(&ctx.pool, &org.id).await?,
+        cloud_source: None,
         progress: Progress {
             org: org.code.clone(),
             started: now,
@@ -267,6 +274,10 @@ async fn run(ctx: JobContext) -> Result<(), JobError> {
             ),
             None => tracing::info!("started processing {item}"),
         }
+        sync.cloud_source = match sync.cloud_first {
+            true => asset_group::cloud_source(&ctx.pool, &org.id, &item, &sc.id).await?,
+            false => None,
+        };
         sync.group(scanner.as_ref(), &item, &selection, window)
             .await?;
         if let Some(since) = since {
@@ -363,6 +374,29 @@ impl Sync<'_> {
             detection::existing(&mut tx, &self.org_id, &self.source_id, &asset_ids).await?;
         let stored_devices =
             device::existing(&mut tx, &self.org_id, &self.source_id, &asset_ids).await?;
+        if self.cloud_first {
+            let new: Vec<device::NewHost> = hosts
+                .iter()
+                .filter(|h| !h.asset_id.is_empty() && !stored_devices.contains_key(&h.asset_id))
+                .map(|h| device::NewHost {
+                    asset_id: &h.asset_id,
+                    instance_id: h.instance_id.as_deref().unwrap_or(""),
+                    ip: &h.ip,
+                })
+                .collect();
+            let adopted = device::adopt_cloud_first(
+                &mut tx,
+                &self.org_id,
+                &self.source_id,
+                self.cloud_source.as_deref(),
+                &new,
+                now,
+            )
+            .await?;
+            for asset_id in adopted {
+                tracing::info!("Updated device info for asset {asset_id}: it takes over the device the cloud inventory created");
+            }
+        }
 
         let mut devices = Vec::with_capacity(hosts.len());
         let mut rows = Vec::new();
