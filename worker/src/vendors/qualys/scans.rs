@@ -14,6 +14,13 @@
 //! * the option profile and search list of a launch that fails are deleted at
 //!   once, and ScanSyncJob deletes those of scans that fail or are abandoned.
 //!
+//! EC2 rescans (groups in `ec2_scan_settings`, devices tracked by EC2):
+//! [`split_ec2`] takes those targets off the IP path; each group's instances
+//! (one region) are launched ten per scan with `ec2_instance_ids`,
+//! `ec2_endpoint`, `connector_name` and `iscanner_name`, through the same
+//! [`QualysScans::launch_bundle`] (search list, profile copy, launch intent).
+//! Their results are the scanned instances' hosts, read by Qualys host ID.
+//!
 //! These responses are small, so they are read whole and picked apart with
 //! [`blocks`] and [`tag`] rather than streamed — except the list of running
 //! scheduled scans (a whole subscription's), read as a stream with
