@@ -320,6 +320,7 @@ impl Control {
                 target_text,
                 scanner: "sim-scanner-1".into(),
                 network_id: 0,
+                ec2: None,
                 launched_at: now,
                 forced,
                 applied: false,
@@ -483,7 +484,9 @@ impl Control {
                 json!({"id": s.id, "ref": s.reference, "title": s.title, "state": st.as_str(),
                        "scheduled": s.scheduled,
                        "processed": processed, "option_profile_id": s.option_profile_id,
-                       "target": s.target_text, "scope": s.scope, "dead_ips": s.dead_ips})
+                       "target": s.target_text, "scope": s.scope, "dead_ips": s.dead_ips,
+                       "scanner": s.scanner,
+                       "ec2": s.ec2.as_ref().map(|(endpoint, connector)| json!({"ec2_endpoint": endpoint, "connector_name": connector}))})
             })
             .collect();
         let profiles: Vec<Value> = q

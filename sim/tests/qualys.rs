@@ -627,6 +627,23 @@ async fn ec2_hosts_are_scanned_by_instance_id_and_listed_by_tag() {
     )
     .await;
     assert_eq!(xml_texts(&body, &["DETECTION", "QID"]), vec!["38739"]);
+    // The scan keeps its EC2 endpoint and connector for assertions.
+    let scans = sim.state_summary()["qualys"]["scans"].clone();
+    assert_eq!(scans[0]["target"], "i-0abc", "{scans}");
+    assert_eq!(scans[0]["ec2"]["ec2_endpoint"], "us-east-1", "{scans}");
+    assert_eq!(scans[0]["ec2"]["connector_name"], "c", "{scans}");
+    // By host ID, with the instance's EC2 metadata.
+    let (_, _, body) = qualys(
+        &sim,
+        Method::POST,
+        &format!("{HLD}?action=list&truncation_limit=0&status=Fixed&ids=2001,2002&host_metadata=ec2&host_metadata_fields=instanceId"),
+    )
+    .await;
+    assert_eq!(
+        xml_texts(&body, &["ATTRIBUTE", "VALUE"]),
+        vec!["i-0abc"],
+        "METADATA/EC2 of the EC2 host only: {body}"
+    );
     // Static search lists can be listed back.
     let (_, _, body) = qualys(
         &sim,

@@ -309,3 +309,48 @@ pub async fn adopt_cloud_first(
     }
     Ok(adopted)
 }
+
+/// The EC2 identity of an EC2-tracked device: (InstanceId, Region), by asset ID.
+/// AssetSyncJob does not fill `Device.Region` yet, so the region is empty
+/// unless an operator or a cloud sync wrote it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ec2Identity {
+    pub instance_id: String,
+    pub region: String,
+}
+
+/// The [`Ec2Identity`] of each of `asset_ids` that is tracked by `EC2` and has
+/// an InstanceId (asset ID → identity); other devices are left out.
+pub async fn ec2_identities(
+    pool: &MySqlPool,
+    org_id: &str,
+    source_id: &str,
+    asset_ids: &[String],
+) -> Result<std::collections::HashMap<String, Ec2Identity>, ModelError> {
+    let mut out = std::collections::HashMap::new();
+    for chunk in asset_ids.chunks(500) {
+        let mut q = QueryBuilder::<MySql>::new(
+            "SELECT AssetID, InstanceId, COALESCE(Region, '') FROM Device WHERE OrganizationID = ",
+        );
+        q.push_bind(org_id)
+            .push(" AND SourceID = ")
+            .push_bind(source_id)
+            .push(" AND UPPER(TrackingMethod) = 'EC2' AND InstanceId <> '' AND AssetID IN (");
+        let mut sep = q.separated(", ");
+        for a in chunk {
+            sep.push_bind(a);
+        }
+        q.push(")");
+        let rows: Vec<(String, String, String)> = q.build_query_as().fetch_all(pool).await?;
+        for (asset, instance_id, region) in rows {
+            out.insert(
+                asset,
+                Ec2Identity {
+                    instance_id: instance_id.trim().to_string(),
+                    region: region.trim().to_string(),
+                },
+            );
+        }
+    }
+    Ok(out)
+}

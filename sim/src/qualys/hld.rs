@@ -35,6 +35,8 @@ struct Filter {
     kernel: u8,
     tags: Option<Vec<String>>,
     show_reopened: bool,
+    /// `host_metadata=ec2` (or `all`): each EC2 host's METADATA/EC2 block.
+    ec2_metadata: bool,
     /// `detection_updated_since`: only detections whose LAST_UPDATE_DATETIME is at or after it.
     updated_since: Option<chrono::DateTime<chrono::Utc>>,
 }
@@ -109,6 +111,9 @@ impl Filter {
             kernel,
             tags,
             show_reopened: call.flag("show_reopened_info")?,
+            ec2_metadata: call
+                .get("host_metadata")?
+                .is_some_and(|m| m.split(',').any(|x| matches!(x.trim(), "ec2" | "all"))),
             updated_since: call
                 .get("detection_updated_since")?
                 .filter(|s| !s.is_empty())
@@ -298,7 +303,14 @@ impl Cursor {
                 self.opened_list = true;
             }
             self.first_id.get_or_insert(host.qualys_id);
-            render_host(&mut out, &w.estate, host, &dets, self.filter.show_reopened);
+            render_host(
+                &mut out,
+                &w.estate,
+                host,
+                &dets,
+                self.filter.show_reopened,
+                self.filter.ec2_metadata,
+            );
             self.emitted += 1;
             self.last_id = Some(host.qualys_id);
             rendered += 1;
@@ -347,6 +359,7 @@ fn render_host(
     h: &Host,
     dets: &[(VulnKey, Detection)],
     reopened: bool,
+    ec2_metadata: bool,
 ) {
     let last_scan = dets.iter().map(|(_, d)| d.last_test).max();
     let _ = write!(
@@ -376,6 +389,16 @@ fn render_host(
             out,
             "        <ASSET_GROUP_IDS>{}</ASSET_GROUP_IDS>",
             ids.join(",")
+        );
+    }
+    if let Some(i) = h.ec2_instance_id.as_ref().filter(|_| ec2_metadata) {
+        // Qualys's METADATA/EC2 shape: one ATTRIBUTE per instance metadata path.
+        let _ = writeln!(
+            out,
+            "        <METADATA>\n          <EC2>\n            <ATTRIBUTE>\n              <NAME>{}</NAME>\n              <LAST_STATUS>{}</LAST_STATUS>\n              <VALUE>{}</VALUE>\n            </ATTRIBUTE>\n          </EC2>\n        </METADATA>",
+            cdata("latest/meta-data/instance-id"),
+            cdata("Success"),
+            cdata(i)
         );
     }
     out.push_str("        <DETECTION_LIST>\n");

@@ -666,6 +666,7 @@ fn launch_scan(call: &Call) -> Result<String, QualysError> {
     // Targets: IPs / ranges, or EC2 instance ids.
     let mut targets = Vec::new();
     let target_text;
+    let mut ec2 = None;
     if let Some(ips) = call.get("ip")?.filter(|s| !s.is_empty()) {
         let ranges = state::parse_ip_list(ips).map_err(|e| QualysError::new(400, 1905, e))?;
         for (a, b) in &ranges {
@@ -680,8 +681,10 @@ fn launch_scan(call: &Call) -> Result<String, QualysError> {
         }
         target_text = ips.replace(' ', "").replace(',', ", ");
     } else if let Some(ids) = call.get("ec2_instance_ids")?.filter(|s| !s.is_empty()) {
-        call.require("ec2_endpoint")?;
-        call.require("connector_name")?;
+        ec2 = Some((
+            call.require("ec2_endpoint")?.to_string(),
+            call.require("connector_name")?.to_string(),
+        ));
         for id in ids.split(',').map(str::trim) {
             if let Some(idx) = w.estate.host_by_instance_id(id) {
                 targets.push(idx);
@@ -778,6 +781,7 @@ fn launch_scan(call: &Call) -> Result<String, QualysError> {
             target_text,
             scanner,
             network_id,
+            ec2,
             launched_at: now,
             forced: None,
             applied: false,

@@ -197,6 +197,8 @@ pub struct Scan {
     pub target_text: String,
     pub scanner: String,
     pub network_id: u32,
+    /// An EC2 scan's `ec2_endpoint` and `connector_name` (None for an IP scan).
+    pub ec2: Option<(String, String)>,
     pub launched_at: DateTime<Utc>,
     /// A state forced by the control API; `processed` applies to `Finished`. Stays until changed.
     pub forced: Option<(ScanState, bool)>,

@@ -5,8 +5,9 @@
 //! In-source: the scanner config. Out-source: JIRA. Payload (from
 //! RescanQueueJob): `{"group","tickets","type"}`. Each ticket becomes a
 //! [`ScanTarget`] (IP Address, DeviceID, VulnerabilityID up to `;`, GroupID or
-//! the payload's group); the scanner launches one scan per group (a discovery
-//! scan for DECOMMISSIONED), and each scan gets a ScanSummary row whose
+//! the payload's group, and the InstanceId and Region of an EC2-tracked
+//! device); the scanner launches one scan per group (a discovery scan for
+//! DECOMMISSIONED; Qualys EC2 groups: one per 10 instances), and each scan gets a ScanSummary row whose
 //! ScanClosePayload names its tickets, inserted in the transaction that records
 //! the scan on the tickets' leases. Each launch is recorded before the
 //! scanner is asked (a `launching` ScanSummary row, see [`launch_intent`]), so a
@@ -16,8 +17,8 @@
 //! released, so the next RescanQueueJob may try it again; the rest of the
 //! batch goes ahead. No ticket is changed when a scan starts.
 
-use aegis_shared::model::rescan_lease;
 use aegis_shared::model::source_config::SourceConfig;
+use aegis_shared::model::{device, rescan_lease};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -229,9 +230,20 @@ async fn run(ctx: &JobContext) -> Result<(), JobError> {
                 .trim()
                 .to_string(),
             group,
+            instance_id: String::new(),
+            region: String::new(),
         });
     }
     let source_id = scanner_sc.source_id.clone().unwrap_or_default();
+    // EC2-tracked devices are scanned by instance ID where the scanner is set up for it.
+    let asset_ids: Vec<String> = targets.iter().map(|t| t.asset_id.clone()).collect();
+    let ec2 = device::ec2_identities(&ctx.pool, &org_id, &source_id, &asset_ids).await?;
+    for t in &mut targets {
+        if let Some(id) = ec2.get(&t.asset_id) {
+            t.instance_id = id.instance_id.clone();
+            t.region = id.region.clone();
+        }
+    }
     // An earlier attempt of this row may have died mid-launch: adopt the scans
     // it started, and never launch again a ticket already in a scan of this job.
     let adopted = launch_intent::resolve(ctx, &org_id, launcher.as_ref()).await?;

@@ -42,6 +42,10 @@ pub struct ScanTarget {
     pub vuln_id: String,
     /// The scanner group (Qualys asset group, Nexpose site) to scan from.
     pub group: String,
+    /// The EC2 instance ID of an EC2-tracked device (`Device.InstanceId`), else empty.
+    pub instance_id: String,
+    /// The device's AWS region (`Device.Region`), empty when unknown.
+    pub region: String,
 }
 
 /// A vulnerability rescan (NORMAL, PASSIVE, EXCEPTIONS) or a liveness-only

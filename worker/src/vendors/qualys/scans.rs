@@ -14,6 +14,13 @@
 //! * the option profile and search list of a launch that fails are deleted at
 //!   once, and ScanSyncJob deletes those of scans that fail or are abandoned.
 //!
+//! EC2 rescans (groups in `ec2_scan_settings`, devices tracked by EC2):
+//! [`split_ec2`] takes those targets off the IP path; each group's instances
+//! (one region) are launched ten per scan with `ec2_instance_ids`,
+//! `ec2_endpoint`, `connector_name` and `iscanner_name`, through the same
+//! [`QualysScans::launch_bundle`] (search list, profile copy, launch intent).
+//! Their results are the scanned instances' hosts, read by Qualys host ID.
+//!
 //! These responses are small, so they are read whole and picked apart with
 //! [`blocks`] and [`tag`] rather than streamed — except the list of running
 //! scheduled scans (a whole subscription's), read as a stream with
@@ -40,7 +47,7 @@ use aegis_shared::source_http::{RequestSpec, SourceClient};
 
 use super::xml::{XmlDoc, XmlEvent};
 use super::{detections, q, QualysScanner, GROUP_PATH};
-use crate::vendors::scanner::{spawn_stream, HostBatch, ScannerError};
+use crate::vendors::scanner::{spawn_stream, HostBatch, ScannedHost, ScannerError};
 use crate::vendors::scans::{
     scan_field, unique_name, LaunchJournal, LaunchReport, LaunchedScan, ScanKind, ScanLauncher,
     ScanResults, ScanTarget, ScheduledScan,
@@ -65,7 +72,40 @@ struct Settings {
     search_list_format: String,
     retry_first: Duration,
     retries: u32,
+    /// `ec2_scan_settings`: asset group ID → how its EC2 instances are scanned.
+    ec2: BTreeMap<String, Ec2Settings>,
 }
+
+/// One group's entry of `ec2_scan_settings`:
+/// `{"connector_name", "scanner_name", "region"}` (`region` is ours, optional:
+/// the AWS region of instances whose `Device.Region` is empty).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Ec2Settings {
+    connector_name: String,
+    scanner_name: String,
+    region: String,
+}
+
+fn ec2_settings(v: Option<&Value>) -> BTreeMap<String, Ec2Settings> {
+    let mut out = BTreeMap::new();
+    if let Some(Value::Object(groups)) = v {
+        for (group, s) in groups {
+            let Value::Object(s) = s else { continue };
+            out.insert(
+                group.trim().to_string(),
+                Ec2Settings {
+                    connector_name: text(s, "connector_name", ""),
+                    scanner_name: text(s, "scanner_name", ""),
+                    region: text(s, "region", ""),
+                },
+            );
+        }
+    }
+    out
+}
+
+/// Instance IDs per EC2 scan (Qualys's limit for `ec2_instance_ids`).
+const EC2_INSTANCES_PER_SCAN: usize = 10;
 
 fn ids(v: Option<&Value>) -> Vec<String> {
     match v {
@@ -249,7 +289,8 @@ pub fn expand_ips(list: &str) -> Vec<String> {
     out
 }
 
-/// An asset group that can be scanned: its appliances that are online, or External.
+/// An asset group that can be scanned: its appliances that are online, or
+/// External — or, with `ec2`, up to ten of its EC2 instances.
 #[derive(Clone, Debug)]
 struct Bundle {
     group: String,
@@ -257,6 +298,111 @@ struct Bundle {
     external: bool,
     network_id: String,
     targets: Vec<ScanTarget>,
+    ec2: Option<Ec2Scan>,
+}
+
+/// The EC2 part of a launch (`ec2_instance_ids`, `ec2_endpoint`,
+/// `connector_name`, `iscanner_name`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Ec2Scan {
+    /// Which of the group's EC2 launches this is (in its scan name).
+    part: usize,
+    instance_ids: Vec<String>,
+    region: String,
+    connector_name: String,
+    scanner_name: String,
+}
+
+/// A batch's targets split between the IP path and the EC2 launches.
+#[derive(Debug, Default)]
+struct Split {
+    ip: Vec<ScanTarget>,
+    ec2: Vec<Bundle>,
+    skipped: Vec<(ScanTarget, String)>,
+    failed: Vec<(Vec<ScanTarget>, String)>,
+}
+
+/// Splits targets (spec §2.5): a target with an instance ID whose group is in
+/// `ec2_scan_settings` is scanned by instance ID, one launch per ten instances
+/// of a group; a group whose instances span regions is an error for that
+/// group's EC2 tickets only. Everything else takes the IP path.
+fn split_ec2(kind: ScanKind, targets: &[ScanTarget], ec2: &BTreeMap<String, Ec2Settings>) -> Split {
+    let mut split = Split::default();
+    let mut by_group: BTreeMap<&str, Vec<(ScanTarget, String)>> = BTreeMap::new();
+    for t in targets {
+        let Some(settings) = ec2.get(&t.group).filter(|_| !t.instance_id.is_empty()) else {
+            split.ip.push(t.clone());
+            continue;
+        };
+        if kind == ScanKind::Vulnerability && t.vuln_id.parse::<u64>().is_err() {
+            split.skipped.push((
+                t.clone(),
+                format!("VulnerabilityID {:?} is not a QID", t.vuln_id),
+            ));
+            continue;
+        }
+        let region = if t.region.is_empty() {
+            &settings.region
+        } else {
+            &t.region
+        };
+        if region.is_empty() {
+            split.skipped.push((
+                t.clone(),
+                format!(
+                    "EC2 instance {} has no region: Device.Region is empty and ec2_scan_settings[{:?}] has no \"region\"",
+                    t.instance_id, t.group
+                ),
+            ));
+            continue;
+        }
+        by_group
+            .entry(t.group.as_str())
+            .or_default()
+            .push((t.clone(), region.clone()));
+    }
+    for (group, targets) in by_group {
+        let settings = &ec2[group];
+        let regions: BTreeSet<&str> = targets.iter().map(|(_, r)| r.as_str()).collect();
+        if regions.len() > 1 {
+            split.failed.push((
+                targets.iter().map(|(t, _)| t.clone()).collect(),
+                format!(
+                    "the EC2 instances of asset group {group} are in more than one region ({}); one EC2 scan covers one region",
+                    regions.into_iter().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+            continue;
+        }
+        let region = targets[0].1.clone();
+        let mut instances: Vec<&str> = targets
+            .iter()
+            .map(|(t, _)| t.instance_id.as_str())
+            .collect();
+        instances.sort_unstable();
+        instances.dedup();
+        for (part, ids) in instances.chunks(EC2_INSTANCES_PER_SCAN).enumerate() {
+            split.ec2.push(Bundle {
+                group: group.to_string(),
+                appliances: Vec::new(),
+                external: false,
+                network_id: String::new(),
+                targets: targets
+                    .iter()
+                    .filter(|(t, _)| ids.contains(&t.instance_id.as_str()))
+                    .map(|(t, _)| t.clone())
+                    .collect(),
+                ec2: Some(Ec2Scan {
+                    part,
+                    instance_ids: ids.iter().map(|i| i.to_string()).collect(),
+                    region: region.clone(),
+                    connector_name: settings.connector_name.clone(),
+                    scanner_name: settings.scanner_name.clone(),
+                }),
+            });
+        }
+    }
+    split
 }
 
 fn is_concurrency_limit(e: &ScannerError) -> bool {
@@ -285,6 +431,7 @@ impl QualysScans {
                 .get("concurrent_scan_retries")
                 .and_then(Value::as_u64)
                 .unwrap_or(6) as u32,
+            ec2: ec2_settings(p.get("ec2_scan_settings")),
         };
         Ok(QualysScans { scanner, settings })
     }
@@ -366,6 +513,7 @@ impl QualysScans {
                         external,
                         network_id,
                         targets: Vec::new(),
+                        ec2: None,
                     },
                 );
             }
@@ -589,27 +737,42 @@ impl QualysScans {
             Some((id, _)) => format!("{profile}:{id}"),
             None => profile.clone(),
         };
-        let mut ips: Vec<String> = b.targets.iter().map(|t| t.ip.clone()).collect();
-        ips.sort();
-        ips.dedup();
+        // An EC2 launch is one of several of its group: its part makes the name unique.
+        let name_group = match &b.ec2 {
+            Some(e) => format!("{}/ec2-{}", b.group, e.part),
+            None => b.group.clone(),
+        };
         let name = unique_name(
             &fill(&self.settings.rescan_name_format, &Utc::now().to_rfc3339()),
             launch_tag,
-            &b.group,
+            &name_group,
         );
         let mut query = vec![
             q("action", "launch"),
             q("scan_title", name.clone()),
             q("option_id", profile.clone()),
-            q("ip", ips.join(",")),
         ];
-        if b.external {
-            query.push(q("iscanner_name", "External"));
-        } else {
-            query.push(q("iscanner_id", b.appliances.join(",")));
-        }
-        if b.network_id.parse::<i64>().unwrap_or(0) > 0 {
-            query.push(q("ip_network_id", b.network_id.clone()));
+        match &b.ec2 {
+            Some(e) => {
+                query.push(q("ec2_instance_ids", e.instance_ids.join(",")));
+                query.push(q("ec2_endpoint", e.region.clone()));
+                query.push(q("connector_name", e.connector_name.clone()));
+                query.push(q("iscanner_name", e.scanner_name.clone()));
+            }
+            None => {
+                let mut ips: Vec<String> = b.targets.iter().map(|t| t.ip.clone()).collect();
+                ips.sort();
+                ips.dedup();
+                query.push(q("ip", ips.join(",")));
+                if b.external {
+                    query.push(q("iscanner_name", "External"));
+                } else {
+                    query.push(q("iscanner_id", b.appliances.join(",")));
+                }
+                if b.network_id.parse::<i64>().unwrap_or(0) > 0 {
+                    query.push(q("ip_network_id", b.network_id.clone()));
+                }
+            }
         }
         let scan_object = |requested: chrono::DateTime<Utc>, reference: Option<&str>| {
             let mut scan = json!({
@@ -621,6 +784,24 @@ impl QualysScans {
                 "created": requested.to_rfc3339(),
                 "scheduled": false,
             });
+            if let Some(e) = &b.ec2 {
+                // What the results are read by: the instances and their Qualys host IDs.
+                let mut hosts: Vec<&str> = b
+                    .targets
+                    .iter()
+                    .map(|t| t.asset_id.as_str())
+                    .filter(|a| !a.is_empty())
+                    .collect();
+                hosts.sort_unstable();
+                hosts.dedup();
+                scan["ec2"] = json!({
+                    "instanceIds": e.instance_ids,
+                    "hostIds": hosts,
+                    "endpoint": e.region,
+                    "connectorName": e.connector_name,
+                    "scannerName": e.scanner_name,
+                });
+            }
             if let Some(r) = reference {
                 scan["scanId"] = json!(r);
             }
@@ -711,6 +892,17 @@ impl QualysScans {
                     reason: format!("scheduled scan {}: {reason}", scan_field(scan, "scanId")),
                 }
             })?;
+        Ok(ScanResults {
+            hosts: self.detections_of(query).await?,
+            dead: HashMap::new(),
+        })
+    }
+
+    /// Every host (with its detections) a host detection query returns.
+    async fn detections_of(
+        &self,
+        query: Vec<(String, String)>,
+    ) -> Result<Vec<ScannedHost>, ScannerError> {
         let scanner = self.scanner.clone();
         let mut stream =
             spawn_stream(move |tx| async move { detections::run(&scanner, query, tx).await });
@@ -719,10 +911,7 @@ impl QualysScans {
             let batch: HostBatch = batch?;
             hosts.extend(batch.hosts);
         }
-        Ok(ScanResults {
-            hosts,
-            dead: HashMap::new(),
-        })
+        Ok(hosts)
     }
 
     async fn scan_row(&self, reference: &str) -> Result<String, ScannerError> {
@@ -745,6 +934,42 @@ impl QualysScans {
                 reason: format!("{} scans listed for {reference}, expected one", other.len()),
                 excerpt: doc.chars().take(200).collect(),
             }),
+        }
+    }
+}
+
+/// The instances of an EC2 scan object (its `ec2` key, written at launch).
+struct Ec2Targets {
+    instance_ids: BTreeSet<String>,
+    host_ids: Vec<String>,
+}
+
+impl Ec2Targets {
+    fn of(scan: &Value) -> Option<Ec2Targets> {
+        let e = scan.get("ec2")?;
+        let list = |key: &str| -> Vec<String> {
+            e.get(key)
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        Some(Ec2Targets {
+            instance_ids: list("instanceIds").into_iter().collect(),
+            host_ids: list("hostIds"),
+        })
+    }
+
+    /// A host is one of the scan's targets when its instance ID is (a host
+    /// without one counts by its host ID).
+    fn covers(&self, h: &ScannedHost) -> bool {
+        match &h.instance_id {
+            Some(i) => self.instance_ids.contains(i),
+            None => self.host_ids.contains(&h.asset_id),
         }
     }
 }
@@ -827,17 +1052,29 @@ impl ScanLauncher for QualysScans {
     ) -> BoxFuture<'a, LaunchReport> {
         Box::pin(async move {
             let mut report = LaunchReport::default();
+            let split = split_ec2(kind, targets, &self.settings.ec2);
+            report.skipped = split.skipped;
+            report.failed = split.failed;
+            for b in &split.ec2 {
+                match self.launch_bundle(kind, b, tag, journal, cancel).await {
+                    Ok(s) => report.launched.push(s),
+                    Err(e) => report.failed.push((b.targets.clone(), e)),
+                }
+            }
+            if split.ip.is_empty() {
+                return report;
+            }
             let mut bundles = match self.bundles().await {
                 Ok(b) => b,
                 Err(e) => {
                     report.failed.push((
-                        targets.to_vec(),
+                        split.ip,
                         format!("listing asset groups and appliances: {e}"),
                     ));
                     return report;
                 }
             };
-            for t in targets {
+            for t in &split.ip {
                 if t.ip.trim().is_empty() || t.ip.parse::<std::net::Ipv4Addr>().is_err() {
                     report.skipped.push((
                         t.clone(),
@@ -987,30 +1224,38 @@ impl ScanLauncher for QualysScans {
                     }
                 }
             }
+            let mut query = vec![
+                q("action", "list"),
+                q("truncation_limit", "0"),
+                q("show_reopened_info", "1"),
+                q("status", "New,Active,Re-Opened,Fixed"),
+                q("arf_kernel_filter", self.scanner.kernel_filter.to_string()),
+            ];
+            let group = scan_field(scan, "groupId");
+            if let Some(ec2) = Ec2Targets::of(scan) {
+                // An EC2 scan's targets are instances. The detection API has no
+                // instance filter: select the scanned hosts by their Qualys host
+                // IDs (else the group), with their EC2 metadata, and keep the
+                // hosts that are the scanned instances.
+                if ec2.host_ids.is_empty() {
+                    query.push(q("ag_ids", group));
+                } else {
+                    query.push(q("ids", ec2.host_ids.join(",")));
+                }
+                query.push(q("host_metadata", "ec2"));
+                query.push(q("host_metadata_fields", "instanceId"));
+                let hosts = self.detections_of(query).await?;
+                let hosts = hosts.into_iter().filter(|h| ec2.covers(h)).collect();
+                return Ok(ScanResults { hosts, dead });
+            }
             // Every detection of the scan's targets in its asset group.
             let mut hosts = Vec::new();
             if !target.is_empty() {
-                let mut query = vec![
-                    q("action", "list"),
-                    q("truncation_limit", "0"),
-                    q("show_reopened_info", "1"),
-                    q("status", "New,Active,Re-Opened,Fixed"),
-                    q("arf_kernel_filter", self.scanner.kernel_filter.to_string()),
-                    q("ips", target),
-                ];
-                let group = scan_field(scan, "groupId");
+                query.push(q("ips", target));
                 if !group.is_empty() {
                     query.push(q("ag_ids", group));
                 }
-                let scanner = self.scanner.clone();
-                let mut stream =
-                    spawn_stream(
-                        move |tx| async move { detections::run(&scanner, query, tx).await },
-                    );
-                while let Some(batch) = stream.next().await {
-                    let batch: HostBatch = batch?;
-                    hosts.extend(batch.hosts);
-                }
+                hosts = self.detections_of(query).await?;
             }
             Ok(ScanResults { hosts, dead })
         })
@@ -1048,6 +1293,155 @@ impl ScanLauncher for QualysScans {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn target(ticket: &str, group: &str, instance: &str, region: &str) -> ScanTarget {
+        ScanTarget {
+            ticket: ticket.into(),
+            ip: "10.0.0.1".into(),
+            asset_id: format!("host-{ticket}"),
+            vuln_id: "38739".into(),
+            group: group.into(),
+            instance_id: instance.into(),
+            region: region.into(),
+        }
+    }
+
+    fn settings(region: &str) -> BTreeMap<String, Ec2Settings> {
+        BTreeMap::from([(
+            "42".to_string(),
+            Ec2Settings {
+                connector_name: "aws-prod".into(),
+                scanner_name: "ec2-scanner".into(),
+                region: region.into(),
+            },
+        )])
+    }
+
+    #[test]
+    fn ec2_tickets_of_ec2_groups_are_split_from_ip_tickets() {
+        let targets = vec![
+            target("A-1", "42", "i-1", "us-east-1"),
+            target("A-2", "42", "", ""),
+            target("A-3", "43", "i-3", "us-east-1"),
+        ];
+        let split = split_ec2(ScanKind::Vulnerability, &targets, &settings(""));
+        let ip: Vec<&str> = split.ip.iter().map(|t| t.ticket.as_str()).collect();
+        assert_eq!(
+            ip,
+            vec!["A-2", "A-3"],
+            "no instance ID, or a group without EC2 settings"
+        );
+        assert_eq!(split.ec2.len(), 1);
+        let e = split.ec2[0].ec2.clone().expect("an EC2 launch");
+        assert_eq!(e.instance_ids, vec!["i-1"]);
+        assert_eq!(
+            (
+                e.region.as_str(),
+                e.connector_name.as_str(),
+                e.scanner_name.as_str()
+            ),
+            ("us-east-1", "aws-prod", "ec2-scanner")
+        );
+        assert!(split.skipped.is_empty() && split.failed.is_empty());
+    }
+
+    #[test]
+    fn one_ec2_launch_per_ten_instances_with_every_ticket_of_each_instance() {
+        let mut targets: Vec<ScanTarget> = (0..23)
+            .map(|n| target(&format!("T-{n}"), "42", &format!("i-{n:02}"), ""))
+            .collect();
+        targets.push(target("T-two", "42", "i-00", ""));
+        let split = split_ec2(ScanKind::Vulnerability, &targets, &settings("eu-west-1"));
+        let sizes: Vec<usize> = split
+            .ec2
+            .iter()
+            .map(|b| b.ec2.as_ref().map_or(0, |e| e.instance_ids.len()))
+            .collect();
+        assert_eq!(sizes, vec![10, 10, 3]);
+        let parts: Vec<usize> = split
+            .ec2
+            .iter()
+            .map(|b| b.ec2.as_ref().map_or(9, |e| e.part))
+            .collect();
+        assert_eq!(
+            parts,
+            vec![0, 1, 2],
+            "each launch of the group gets its own name"
+        );
+        assert_eq!(
+            split.ec2[0].targets.len(),
+            11,
+            "both tickets of i-00 in its launch"
+        );
+        assert!(
+            split
+                .ec2
+                .iter()
+                .all(|b| b.ec2.as_ref().is_some_and(|e| e.region == "eu-west-1")),
+            "the settings' region when Device.Region is empty"
+        );
+    }
+
+    #[test]
+    fn mixed_regions_fail_that_group_only() {
+        let mut s = settings("");
+        s.insert(
+            "44".into(),
+            Ec2Settings {
+                connector_name: "c".into(),
+                scanner_name: "s".into(),
+                region: String::new(),
+            },
+        );
+        let targets = vec![
+            target("M-1", "42", "i-1", "us-east-1"),
+            target("M-2", "42", "i-2", "us-west-2"),
+            target("OK-1", "44", "i-3", "us-east-1"),
+            target("IP-1", "45", "", ""),
+            target("NR-1", "44", "i-4", ""),
+        ];
+        let split = split_ec2(ScanKind::Vulnerability, &targets, &s);
+        assert_eq!(split.failed.len(), 1);
+        let (failed, why) = &split.failed[0];
+        let keys: Vec<&str> = failed.iter().map(|t| t.ticket.as_str()).collect();
+        assert_eq!(keys, vec!["M-1", "M-2"]);
+        assert!(
+            why.contains("us-east-1, us-west-2") && why.contains("42"),
+            "{why}"
+        );
+        assert_eq!(split.ec2.len(), 1);
+        assert_eq!(split.ec2[0].group, "44");
+        assert_eq!(split.ip.len(), 1);
+        assert_eq!(split.skipped.len(), 1, "no region at all");
+        assert!(
+            split.skipped[0].1.contains("no region"),
+            "{:?}",
+            split.skipped
+        );
+    }
+
+    #[test]
+    fn ec2_results_keep_the_scanned_instances_only() {
+        let scan = json!({"ec2": {"instanceIds": ["i-1"], "hostIds": ["1001", "1002"]}});
+        let e = Ec2Targets::of(&scan).expect("ec2");
+        let host = |id: &str, instance: Option<&str>| ScannedHost {
+            asset_id: id.into(),
+            ip: String::new(),
+            hostname: String::new(),
+            os: String::new(),
+            mac: String::new(),
+            instance_id: instance.map(str::to_string),
+            tracking_method: Some("EC2".into()),
+            detections: Vec::new(),
+        };
+        assert!(e.covers(&host("1001", Some("i-1"))));
+        assert!(
+            !e.covers(&host("1002", Some("i-9"))),
+            "host now another instance"
+        );
+        assert!(e.covers(&host("1002", None)));
+        assert!(Ec2Targets::of(&json!({"name": "ip scan"})).is_none());
+    }
 
     #[test]
     fn ranges_in_dead_host_lists_expand_to_single_addresses() {
