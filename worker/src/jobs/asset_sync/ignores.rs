@@ -45,7 +45,7 @@ pub(super) struct Lookups {
     /// SourceVulnId → VulnerabilityInfo.ID
     pub(super) vulns: HashMap<String, String>,
     globals: Vec<GlobalException>,
-    /// asset ID → "<vuln id>;<port key>" → ignore
+    /// asset ID → `"<vuln id>;<port key>"` → ignore
     device_ignores: HashMap<String, HashMap<String, Ignore>>,
     /// asset ID → active decommission entry
     pub(super) decommissions: HashMap<String, Ignore>,
