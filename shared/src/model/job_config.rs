@@ -256,6 +256,30 @@ pub async fn list(pool: &MySqlPool, org_id: Option<&str>) -> Result<Vec<JobConfi
     })
 }
 
+/// The organization's first active JobConfig of `job` whose in- or out-sources
+/// include `source_config` (the original's `GetJobConfigByOrgIDAndJobIDWithSC`,
+/// with an exact match and an order): its ID and Payload.
+pub async fn for_source(
+    pool: &MySqlPool,
+    org_id: &str,
+    job: &str,
+    source_config: &str,
+) -> Result<Option<(String, Option<String>)>, ModelError> {
+    Ok(sqlx::query_as(
+        "SELECT jc.ID, jc.Payload FROM JobConfig jc JOIN Job j ON j.Id = jc.JobId
+          WHERE jc.OrganizationID = ? AND j.Struct = ? AND jc.Active = 1
+            AND (FIND_IN_SET(?, REPLACE(COALESCE(jc.DataInSourceConfigID, ''), ' ', '')) > 0
+                 OR FIND_IN_SET(?, REPLACE(COALESCE(jc.DataOutSourceConfigID, ''), ' ', '')) > 0)
+          ORDER BY jc.CreatedDate, jc.ID LIMIT 1",
+    )
+    .bind(org_id)
+    .bind(job)
+    .bind(source_config)
+    .bind(source_config)
+    .fetch_optional(pool)
+    .await?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

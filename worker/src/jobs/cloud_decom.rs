@@ -163,19 +163,7 @@ pub async fn qualify(
         .await?
         .is_some();
     if let (Some(sc), true) = (&f.source_config_id, f.job_exists) {
-        f.job_config = sqlx::query_as(
-            "SELECT jc.ID, jc.Payload FROM JobConfig jc JOIN Job j ON j.Id = jc.JobId
-              WHERE jc.OrganizationID = ? AND j.Struct = ? AND jc.Active = 1
-                AND (FIND_IN_SET(?, REPLACE(COALESCE(jc.DataInSourceConfigID, ''), ' ', '')) > 0
-                     OR FIND_IN_SET(?, REPLACE(COALESCE(jc.DataOutSourceConfigID, ''), ' ', '')) > 0)
-              ORDER BY jc.CreatedDate, jc.ID LIMIT 1",
-        )
-        .bind(org_id)
-        .bind(JOB)
-        .bind(sc)
-        .bind(sc)
-        .fetch_optional(pool)
-        .await?;
+        f.job_config = aegis_shared::model::job_config::for_source(pool, org_id, JOB, sc).await?;
     }
     Ok(qualify_facts(org_code, group, &f))
 }

@@ -130,20 +130,11 @@ pub(crate) async fn child_config(
     job: &str,
     source_config: &str,
 ) -> Result<Option<String>, JobError> {
-    let row: Option<(String,)> = sqlx::query_as(
-        "SELECT jc.ID FROM JobConfig jc JOIN Job j ON j.Id = jc.JobId
-          WHERE jc.OrganizationID = ? AND j.Struct = ? AND jc.Active = 1
-            AND (FIND_IN_SET(?, REPLACE(COALESCE(jc.DataInSourceConfigID, ''), ' ', '')) > 0
-                 OR FIND_IN_SET(?, REPLACE(COALESCE(jc.DataOutSourceConfigID, ''), ' ', '')) > 0)
-          ORDER BY jc.CreatedDate, jc.ID LIMIT 1",
+    Ok(
+        aegis_shared::model::job_config::for_source(pool, org_id, job, source_config)
+            .await?
+            .map(|(id, _)| id),
     )
-    .bind(org_id)
-    .bind(job)
-    .bind(source_config)
-    .bind(source_config)
-    .fetch_optional(pool)
-    .await?;
-    Ok(row.map(|(id,)| id))
 }
 
 /// Loads tickets one by one; a ticket that cannot be read is logged and left out
