@@ -305,8 +305,7 @@ impl Control {
             .cloned()
             .ok_or_else(|| SimError::Invalid("the full-scan option profile is gone".into()))?;
         let scope = w.qualys.scope_of(&profile);
-        let id = w.qualys.fresh_id();
-        let reference = format!("scan/{}.{:05}", now.timestamp(), id % 100_000);
+        let (id, reference) = w.qualys.fresh_scan_ref(now);
         w.qualys.scans.insert(
             id,
             Scan {

@@ -766,8 +766,7 @@ fn launch_scan(call: &Call) -> Result<String, QualysError> {
         ));
     }
     let scope = w.qualys.scope_of(&profile);
-    let id = w.qualys.fresh_id();
-    let reference = format!("scan/{}.{:05}", now.timestamp(), id % 100_000);
+    let (id, reference) = w.qualys.fresh_scan_ref(now);
     w.qualys.scans.insert(
         id,
         Scan {

@@ -334,6 +334,12 @@ impl QualysState {
         self.next_id
     }
 
+    /// A new scan's ID and its reference (`scan/<launch epoch>.<id>`), as Qualys forms them.
+    pub fn fresh_scan_ref(&mut self, now: DateTime<Utc>) -> (u64, String) {
+        let id = self.fresh_id();
+        (id, format!("scan/{}.{:05}", now.timestamp(), id % 100_000))
+    }
+
     /// The scope a scan launched with `profile` tests.
     pub fn scope_of(&self, profile: &OptionProfile) -> ScanScope {
         if profile.search_lists.is_empty() {
