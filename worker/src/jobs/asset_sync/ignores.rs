@@ -195,102 +195,105 @@ impl Lookups {
 /// Devices re-evaluated per transaction.
 const DEVICES_PER_RECONCILE: usize = 500;
 
-/// Re-evaluates the Ignore of the stored detections of `groups` that an
-/// incremental sync did not fetch but whose Ignore may have changed since
-/// `since` (the groups' last sync start, database clock): devices with a
-/// device Ignore created or changed since, devices with a detection whose
-/// Ignore lapsed (deleted, deactivated, exception past due), and every device
-/// of the groups when a global exception was created or changed since or when
-/// `every_device` (the group's exemption from global exceptions changed).
-/// Returns how many detections changed.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn reconcile(
-    ctx: &JobContext,
-    lookups: &Lookups,
-    org_id: &str,
-    source_id: &str,
-    groups: &[String],
-    since: DateTime<Utc>,
-    every_device: bool,
-    now: DateTime<Utc>,
-) -> Result<usize, JobError> {
-    use aegis_shared::model::device;
-    let pool = &ctx.pool;
-    let mut dirty: HashSet<String> = ignore::devices_changed_since(pool, org_id, since)
-        .await?
-        .into_iter()
-        .collect();
-    dirty.extend(detection::devices_with_lapsed_ignore(pool, org_id, source_id).await?);
-    if every_device {
-        tracing::info!("the group's exemption from global exceptions changed: re-evaluating every device of it");
-        dirty.extend(device::asset_ids_in_groups(pool, org_id, source_id, groups).await?);
-    } else if ignore::globals_changed_since(pool, org_id, source_id, since).await? {
-        tracing::info!("a global exception changed since {since}: re-evaluating every device of the synced groups");
-        dirty.extend(device::asset_ids_in_groups(pool, org_id, source_id, groups).await?);
-    }
-    let mut dirty: Vec<String> = dirty.into_iter().collect();
-    dirty.sort();
-    let mut changed = 0;
-    for chunk in dirty.chunks(DEVICES_PER_RECONCILE) {
-        if ctx.cancel.is_cancelled() {
-            return Err(JobError::Cancelled);
+impl super::Sync<'_> {
+    /// Re-evaluates the Ignore of the stored detections of `group` that an
+    /// incremental sync did not fetch but whose Ignore may have changed since
+    /// `since` (the group's last sync start, database clock): devices with a
+    /// device Ignore created or changed since, devices with a detection whose
+    /// Ignore lapsed (`lapsed`: deleted, deactivated, exception past due; looked
+    /// up once per run), and every device
+    /// of the group when a global exception was created or changed since or when
+    /// `every_device` (the group's exemption from global exceptions changed).
+    /// Returns how many detections changed.
+    pub(super) async fn reconcile(
+        &self,
+        group: &str,
+        since: DateTime<Utc>,
+        every_device: bool,
+        lapsed: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<usize, JobError> {
+        use aegis_shared::model::device;
+        let (ctx, lookups) = (self.ctx, &self.lookups);
+        let (org_id, source_id) = (self.org_id.as_str(), self.source_id.as_str());
+        let groups = [group.to_string()];
+        let pool = &ctx.pool;
+        let mut dirty: HashSet<String> = ignore::devices_changed_since(pool, org_id, since)
+            .await?
+            .into_iter()
+            .collect();
+        dirty.extend(lapsed.iter().cloned());
+        if every_device {
+            tracing::info!("the group's exemption from global exceptions changed: re-evaluating every device of it");
+            dirty.extend(device::asset_ids_in_groups(pool, org_id, source_id, &groups).await?);
+        } else if ignore::globals_changed_since(pool, org_id, source_id, since).await? {
+            tracing::info!("a global exception changed since {since}: re-evaluating every device of group {group}");
+            dirty.extend(device::asset_ids_in_groups(pool, org_id, source_id, &groups).await?);
         }
-        let mut tx = pool.begin().await?;
-        let ids: Vec<&str> = chunk.iter().map(String::as_str).collect();
-        let devices = device::existing(&mut tx, org_id, source_id, &ids).await?;
-        let mut by_device: HashMap<String, Vec<detection::AttachedIgnore>> = HashMap::new();
-        for row in detection::attached_ignores(&mut tx, org_id, source_id, chunk).await? {
-            by_device
-                .entry(row.device_id.clone())
-                .or_default()
-                .push(row);
-        }
-        let mut changes = Vec::new();
-        for (asset_id, rows) in &by_device {
-            let Some(dev) = devices.get(asset_id) else {
-                continue;
-            };
-            if !groups.contains(&dev.group_id) {
-                continue;
+        let mut dirty: Vec<String> = dirty.into_iter().collect();
+        dirty.sort();
+        let mut changed = 0;
+        for chunk in dirty.chunks(DEVICES_PER_RECONCILE) {
+            if ctx.cancel.is_cancelled() {
+                return Err(JobError::Cancelled);
             }
-            let facts = HostFacts {
-                asset_id,
-                os: &dev.os,
-                hostname: &dev.hostname,
-            };
-            let decommission =
-                match lookups.decommission(asset_id, rows.iter().map(|r| r.last_found)) {
-                    Decommission::Attach(id) => Some(id),
-                    Decommission::None | Decommission::SeenSince => None,
+            let mut tx = pool.begin().await?;
+            let ids: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            let devices = device::existing(&mut tx, org_id, source_id, &ids).await?;
+            let mut by_device: HashMap<String, Vec<detection::AttachedIgnore>> = HashMap::new();
+            for row in detection::attached_ignores(&mut tx, org_id, source_id, chunk).await? {
+                by_device
+                    .entry(row.device_id.clone())
+                    .or_default()
+                    .push(row);
+            }
+            let mut changes = Vec::new();
+            for (asset_id, rows) in &by_device {
+                let Some(dev) = devices.get(asset_id) else {
+                    continue;
                 };
-            for r in rows {
-                let wanted = decommission.clone().or_else(|| {
-                    lookups.exception(
-                        &facts,
-                        &dev.group_id,
-                        &r.source_vuln_id,
-                        r.port,
-                        &r.protocol,
-                        now,
-                    )
-                });
-                if wanted != r.ignore_id {
-                    changes.push((r.id.clone(), wanted));
+                if dev.group_id != group {
+                    continue;
+                }
+                let facts = HostFacts {
+                    asset_id,
+                    os: &dev.os,
+                    hostname: &dev.hostname,
+                };
+                let decommission =
+                    match lookups.decommission(asset_id, rows.iter().map(|r| r.last_found)) {
+                        Decommission::Attach(id) => Some(id),
+                        Decommission::None | Decommission::SeenSince => None,
+                    };
+                for r in rows {
+                    let wanted = decommission.clone().or_else(|| {
+                        lookups.exception(
+                            &facts,
+                            &dev.group_id,
+                            &r.source_vuln_id,
+                            r.port,
+                            &r.protocol,
+                            now,
+                        )
+                    });
+                    if wanted != r.ignore_id {
+                        changes.push((r.id.clone(), wanted));
+                    }
                 }
             }
+            detection::set_ignore(&mut tx, &changes, now).await?;
+            tx.commit().await?;
+            changed += changes.len();
         }
-        detection::set_ignore(&mut tx, &changes, now).await?;
-        tx.commit().await?;
-        changed += changes.len();
-    }
-    if changed > 0 {
-        tracing::info!(
+        if changed > 0 {
+            tracing::info!(
             "re-evaluated the Ignore of {} device(s) not in this sync's changes: {} detection(s) changed",
             dirty.len(),
             changed
         );
+        }
+        Ok(changed)
     }
-    Ok(changed)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //!
 //! A Qualys group synced before asks only for the detections updated since its
 //! last sync started, then re-evaluates the Ignore of the stored detections
-//! whose Ignore may have changed ([`ignores::reconcile`]); see
+//! whose Ignore may have changed ([`Sync::reconcile`]); see
 //! `docs/scanner-sync.md`, "Incremental re-syncs".
 //!
 //! What must stay true:
@@ -262,6 +262,13 @@ async fn run(ctx: JobContext) -> Result<(), JobError> {
         },
     };
 
+    // Devices with a detection whose Ignore lapsed: one look per run, for every
+    // incremental group (a full group re-evaluates all its detections anyway).
+    let lapsed = if plan.iter().any(|(_, _, since, _, _)| since.is_some()) {
+        detection::devices_with_lapsed_ignore(&ctx.pool, &org.id, &source_id).await?
+    } else {
+        Vec::new()
+    };
     for (item, selection, since, exempt, exemption_changed) in plan {
         if ctx.cancel.is_cancelled() {
             return Err(JobError::Cancelled);
@@ -283,17 +290,8 @@ async fn run(ctx: JobContext) -> Result<(), JobError> {
         if let Some(since) = since {
             // What the scanner did not send may still have an Ignore to change.
             let tick = Utc::now().trunc_subsecs(3);
-            ignores::reconcile(
-                &ctx,
-                &sync.lookups,
-                &org.id,
-                &source_id,
-                std::slice::from_ref(&item),
-                since,
-                exemption_changed,
-                tick,
-            )
-            .await?;
+            sync.reconcile(&item, since, exemption_changed, &lapsed, tick)
+                .await?;
         }
         asset_group::record_sync(
             &ctx.pool,
